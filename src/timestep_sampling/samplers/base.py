@@ -1,0 +1,111 @@
+"""The timestep-sampler interface (improved-diffusion's `sample(batch_size, device) -> (t, weights)`)
+and the registry behind `make_sampler`.
+
+A sampler decides WHICH timesteps are trained. By default the returned weights are ones: a
+non-uniform sampler deliberately changes the objective, as in the seed paper. With `unbiased=True`
+an explicit-pmf sampler returns importance weights 1/(T·p_t) instead, so the expected weighted loss
+equals the uniform one. HOW each timestep's loss is weighted is a separate concern (`weighting.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..errors import UserError, require
+from ..registry import Registry
+from ..schedule import NoiseSchedule
+
+SAMPLERS = Registry("sampler")
+
+
+class TimestepSampler:
+    """Base class. Subclasses with an explicit distribution override `probabilities()`; samplers
+    that learn override `update()` (from losses) or `observe()` (from the model, as the adaptive
+    sampler does) and `state_dict()` / `load_state_dict()`."""
+
+    name = "base"
+
+    def __init__(self, schedule: NoiseSchedule, unbiased: bool = False):
+        require(isinstance(schedule, NoiseSchedule), f"expected a NoiseSchedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.T = schedule.T
+        self.unbiased = bool(unbiased)
+        if self.unbiased and not self.has_pmf:
+            raise UserError(f"sampler {self.name!r} has no explicit distribution over t, so it cannot give "
+                            f"unbiased importance weights; use unbiased=False")
+
+    has_pmf = True  # False for samplers whose distribution over t is only implicit
+
+    def probabilities(self) -> torch.Tensor:
+        """The length-T pmf over t (float64, CPU)."""
+        raise NotImplementedError(f"sampler {self.name!r} has no explicit distribution over t")
+
+    def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None,
+               x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw `batch_size` timesteps. Returns (t: LongTensor in [0, T-1], weights: float tensor).
+
+        Draws happen on the CPU (with `generator` when given) and are moved to `device`, so a seed
+        gives the same timesteps on every device."""
+        p = self.probabilities()
+        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        return t.to(device), self.importance_weights(t).to(device)
+
+    def importance_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Ones, or 1/(T·p_t) in unbiased mode."""
+        if not self.unbiased:
+            return torch.ones(t.shape, dtype=torch.float32)
+        p = self.probabilities()[t.cpu()]
+        return (1.0 / (self.T * p)).float()
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Learn from the per-sample losses of the last step (no-op for fixed samplers). Under
+        torch.distributed, implementations gather from every rank so all ranks stay identical."""
+
+    def observe(self, model, x0: torch.Tensor, **kwargs):
+        """Context manager around one optimiser step, for samplers that measure how the update changed
+        the model. A no-op here."""
+        return contextlib.nullcontext()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(T={self.T}, unbiased={self.unbiased})"
+
+
+def make_sampler(spec: str, schedule: NoiseSchedule, **options) -> TimestepSampler:
+    """Build a sampler from a name or a spec string, e.g. make_sampler("speed:k=5", schedule)."""
+    _load_all()
+    return SAMPLERS.make(spec, schedule, **options)
+
+
+def available_samplers() -> list[str]:
+    _load_all()
+    return SAMPLERS.names()
+
+
+def _load_all() -> None:
+    """Import every sampler module so that each has registered itself."""
+    import importlib
+    import pkgutil
+    from .. import samplers
+    for module in pkgutil.iter_modules(samplers.__path__):
+        importlib.import_module(f"{samplers.__name__}.{module.name}")
+
+
+@SAMPLERS.register("uniform")
+class UniformSampler(TimestepSampler):
+    """t ~ U{0, …, T-1}: DDPM's default."""
+
+    name = "uniform"
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+
+    def sample(self, batch_size, device=None, generator=None, x0=None):
+        t = torch.randint(0, self.T, (batch_size,), generator=generator)
+        return t.to(device), torch.ones(batch_size, device=device)
