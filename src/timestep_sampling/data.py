@@ -83,7 +83,8 @@ def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
     bins: quantisation levels of float .npz data (default 256); for every other source the bins are
         known, and a different value is an error.
     """
-    require(isinstance(spec, (str, Path)) and str(spec) != "", f"data spec must be a non-empty string; expected {ACCEPTED}")
+    require(isinstance(spec, (str, Path)) and str(spec) != "",
+            f"data spec must be a non-empty string; expected {ACCEPTED}")
     require(test_fraction is None or (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1),
             f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
     require(bins is None or (isinstance(bins, int) and not isinstance(bins, bool) and bins >= 2),

@@ -51,3 +51,25 @@ def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(x, src)
     return x
+
+
+def local_rank() -> int:
+    import os
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def setup() -> None:
+    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on GPU);
+    nothing when run as a single plain process."""
+    import os
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend)
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

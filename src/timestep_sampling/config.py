@@ -1,0 +1,113 @@
+"""One run = one TrainConfig: built from defaults, an optional JSON/TOML file, then command-line flags.
+The effective config is saved beside the results so that a run can be read, resumed or repeated."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import UserError, unknown_choice
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = "digits"
+    out: str = "runs/digits"
+    # diffusion
+    schedule: str = "linear"
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    variance: str = "fixed-large"
+    # which timesteps and how to weight them: a method preset, optionally overridden part by part
+    method: str = "uniform"
+    sampler: str | None = None
+    weighting: str | None = None
+    # model and optimiser
+    model: str = "tiny"
+    dropout: float = 0.1
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    # faults: non-finite steps are skipped; this many in a row stop the run
+    max_bad_steps: int = 20
+    # evaluation, samples, checkpoints, logs
+    eval_every: int = 500
+    final_exact: bool = True
+    num_samples: int = 64
+    sample_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+
+    def validate(self) -> "TrainConfig":
+        positive = ["T", "steps", "batch_size", "log_every", "keep_checkpoints", "max_bad_steps"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ["lr", "warmup", "grad_clip", "eval_every", "checkpoint_every", "sample_every", "num_samples"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.T <= 1:
+            raise UserError(f"T must be > 1, got {self.T}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout must lie in [0, 1), got {self.dropout}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Keys and values from a .json or .toml file, unchecked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        text = path.read_text()
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {str(path)!r} ({e}); expected JSON or TOML") from None
+
+
+def make_config(file: str | Path | None = None, **overrides) -> TrainConfig:
+    """Defaults ← file ← overrides (None values in overrides are ignored). Unknown keys are rejected
+    with the closest valid name."""
+    values = read_config_file(file) if file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = field_names()
+    for key in values:
+        if key not in names:
+            raise unknown_choice("config key", key, names)
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for key, value in values.items():
+        values[key] = _coerce(key, value, types[key])
+    return TrainConfig(**values).validate()
+
+
+def _coerce(key, value, type_name: str):
+    """Check a value from a file against the field's declared type (files can hold anything)."""
+    base = type_name.replace(" | None", "")
+    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[base]
+    if value is None and "None" in type_name:
+        return None
+    if isinstance(value, bool) and base != "bool" or not isinstance(value, expected):
+        raise UserError(f"config key {key!r} must be of type {base}, got {value!r}")
+    return float(value) if base == "float" else value

@@ -1,0 +1,537 @@
+"""The adaptive timestep sampler of Kim et al. (CVPR 2025), METHOD.md section 3.
+
+A policy π_φ maps each training image x0 to a Beta(α, β); the timestep is read off a draw u:
+
+    u ~ Beta(α, β) clamped to [ε, 1 − ε],   t = round(u (T − 1))        (mapping="round", the paper's)
+                                            t = min(⌊u T⌋, T − 1)          (mapping="even")
+
+Rounding gives t = 0 and t = T − 1 half the mass of their neighbours; "even" gives every t the same
+mass when u is uniform. The loss is not re-weighted (weights are ones): the sampler deliberately
+changes how much each timestep is trained.
+
+Every K = `update_every` steps the sampler learns from the model update it wraps (`observe`):
+
+    before θ_k:   L_t'(x0_b) for t' ∈ S and every sample b;  L_j(x̃0) for one image x̃0 at every probe j
+    (the user's optimiser step θ_k → θ_{k+1})
+    after θ_{k+1}: the same terms, on the same (t, ε, x_t) when common_noise=True
+    reward_b   = Σ_{t'∈S} [L_t'(x0_b; θ_k) − L_t'(x0_b; θ_{k+1})]                         (eq. 14)
+    loss(φ)    = −mean_b[ log π_φ(u_b | x0_b) (reward_b − baseline) ] − c_ent · mean_b H(Beta_b)   (eq. 13)
+    φ          ← Adam(φ, clip_norm(mean over ranks of ∇_φ loss, grad_clip))
+    queue      ← push(Δ = before − after on x̃0's probes, target Σ_j w_j Δ_j);  S = top-|S| F-statistic
+
+L_t is the bound's term in bits/dim (diffusion.vlb_terms_from_eps): the KL for t ≥ 1, the decoder's
+discretized NLL over `bins` levels at t = 0. The probes run in eval mode (no dropout), without autograd,
+in one batched forward pass each for "before" and "after".
+
+The scan (`scan=None`) probes every t, as the paper does. `scan=n` probes n strata instead: the
+timesteps are cut into n equal-width intervals [e_j, e_{j+1}) and each update draws one t uniformly
+inside every stratum (the same draw on every rank). Feature j of a queue row is then "the change at a
+random t of stratum j", its target Σ_j (e_{j+1} − e_j) Δ_j is an unbiased estimate of the full-T total,
+S holds stratum indices, and the reward probes each chosen stratum at this update's t. With n = T
+every stratum is one timestep and this is exactly the full scan.
+
+Improvements over the reference implementation, each an option: common random numbers
+(`common_noise`), eval-mode batched probes, a running-mean reward baseline (`reward_baseline`), a
+cheaper scan (`scan`), a queue and S that are identical on every rank without shared memory, and a
+guard that keeps non-finite rewards and gradients away from the policy and the queue.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import special
+from scipy.stats import beta as beta_distribution
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import distributed
+from ..diffusion import VARIANCES, q_sample, vlb_terms_from_eps
+from ..errors import require
+from ..schedule import NoiseSchedule
+from .base import SAMPLERS, TimestepSampler
+from .feature_selection import ChangeQueue
+from .policy import make_policy
+
+MAPPINGS = ("round", "even")
+BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
+# Independent random streams, each derived from (seed, update index, stream[, rank]) so that nothing but
+# two counters has to be kept, resumed, or agreed on between ranks.
+_PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK = range(5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# u ↔ t
+
+
+def u_to_t(u: torch.Tensor, T: int, mapping: str = "round") -> torch.Tensor:
+    """Timesteps in [0, T − 1] from u ∈ [0, 1]."""
+    if mapping == "round":
+        return torch.round(u * (T - 1)).long()
+    return torch.floor(u * T).long().clamp(0, T - 1)
+
+
+def u_edges(T: int, mapping: str = "round") -> np.ndarray:
+    """The T + 1 edges in u of the intervals that map to t = 0 … T − 1."""
+    if mapping == "round":
+        inner = (np.arange(T - 1) + 0.5) / (T - 1)
+    else:
+        inner = np.arange(1, T) / T
+    return np.concatenate([[0.0], inner, [1.0]])
+
+
+def beta_pmf(alpha, beta, T: int, mapping: str = "round") -> np.ndarray:
+    """P(t) for u ~ Beta(α, β), shape (..., T) for α, β of shape (...), float64. Each interval's mass is
+    a difference of CDFs below u = ½ and of survival functions above it, so neither tail cancels."""
+    a, b = np.asarray(alpha, np.float64)[..., None], np.asarray(beta, np.float64)[..., None]
+    lo, hi = u_edges(T, mapping)[:-1], u_edges(T, mapping)[1:]
+    mass = np.where(lo < 0.5, beta_distribution.cdf(hi, a, b) - beta_distribution.cdf(lo, a, b),
+                    beta_distribution.sf(lo, a, b) - beta_distribution.sf(hi, a, b))
+    mass = np.clip(mass, 0.0, None)
+    return mass / mass.sum(-1, keepdims=True)
+
+
+def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
+    """u = F⁻¹_{Beta(α, β)}(v) in float64 on the CPU: inverse-CDF sampling, exact and driven by a uniform
+    v from any torch.Generator (torch.distributions.Beta cannot take a generator)."""
+    a = np.asarray(alpha, np.float64)
+    b = np.asarray(beta, np.float64)
+    return torch.from_numpy(np.asarray(special.betaincinv(a, b, v.double().cpu().numpy()), np.float64))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Probing the bound's terms
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) for the probes; every submodule's own mode restored after."""
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+@dataclass
+class _Probe:
+    """What `observe` measured before the update, kept for after it."""
+
+    x0: torch.Tensor           # (B·|S| + n_local, ...) the clean inputs of the probe batch
+    t: torch.Tensor            # their timesteps: S repeated per sample, then this rank's scan timesteps
+    noise: torch.Tensor
+    before: torch.Tensor       # L_t in bits/dim, float64
+    batch: int                 # B: the first B·|S| rows are the reward probes
+    subset_t: list[int]        # the timesteps of S at this update
+    policy_input: torch.Tensor | None
+    u: torch.Tensor            # the draws behind the batch's timesteps, float64
+    generators: tuple          # (batch, scan) noise generators, continued for fresh noise
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _nonnegative(value, name: str) -> float:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+            f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@SAMPLERS.register("adaptive")
+class AdaptiveSampler(TimestepSampler):
+    """Kim et al.'s learned sampler. Use it around the optimiser step of any training loop:
+
+        t, w = sampler.sample(x0.shape[0], x0.device, x0=x0)
+        with sampler.observe(model, x0):
+            loss = (w * mse_per_sample(model, schedule, x0, t)).mean()
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+    On K − 1 of every K steps `observe` only counts. Options (paper defaults):
+      conditioned     True: π(· | x0) is a CNN (images) or MLP (vectors); False: one global Beta.
+      lr              sampler Adam learning rate; None → 1e-2 (linear, quad), 1e-3 (cosine). 0 freezes it.
+      update_every    K, steps between sampler updates (40).
+      queue_size      rows of the feature-selection queue (20).
+      subset_size     |S|, probes per sample for the reward (3).
+      entropy_coef    c_ent (1e-2).       grad_clip   sampler gradient-norm clip (1.0; None: off).
+      mapping         "round" (t = round(u(T−1))) or "even" (t = ⌊uT⌋).
+      common_noise    same (t, ε, x_t) before and after the update (True; False: fresh noise, as the reference).
+      reward_baseline subtract a running mean of the reward (False).
+      scan            None: probe all T timesteps for the queue; n: n strata, one random t each.
+      bins, variance  the t = 0 decoder's levels (256; 17 for the digits) and the reverse variance.
+      eps             u is clamped into [eps, 1 − eps].   seed   the sampler's own random streams.
+      image_shape     shape of one x0 (otherwise taken from the first batch).
+      hidden_dim, hidden_depth   the policy MLP (256, 2).
+
+    After each update `last_stats` holds what the trainer logs: the batch's α and β (mean, std; as the
+    update saw them), `subset` (the timesteps whose terms made this reward), `reward_mean` (over all
+    ranks), `policy_loss`, `entropy`, `skipped`, and the counters; `last_rewards` holds this rank's
+    per-sample rewards. `subset` as an attribute is S itself: timesteps for the full scan, stratum
+    indices for `scan=n`.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, schedule: NoiseSchedule, conditioned: bool = True, lr: float | None = None,
+                 update_every: int = 40, queue_size: int = 20, subset_size: int = 3, entropy_coef: float = 1e-2,
+                 grad_clip: float | None = 1.0, mapping: str = "round", common_noise: bool = True,
+                 reward_baseline: bool = False, scan: int | None = None, bins: int = 256,
+                 variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
+                 image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
+                 unbiased: bool = False):
+        require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
+        self.conditioned = conditioned
+        super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
+        T = self.T
+        self.lr = (1e-3 if schedule.name == "cosine" else 1e-2) if lr is None else _nonnegative(lr, "lr")
+        self.update_every = _positive_int(update_every, "update_every")
+        self.queue_size = _positive_int(queue_size, "queue_size", 2)
+        self.subset_size = _positive_int(subset_size, "subset_size")
+        require(self.subset_size <= T, f"subset_size must be at most T={T}, got {subset_size}")
+        self.entropy_coef = _nonnegative(entropy_coef, "entropy_coef")
+        if grad_clip is not None:
+            require(_nonnegative(grad_clip, "grad_clip") > 0, f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        self.grad_clip = grad_clip
+        require(mapping in MAPPINGS, f"unknown mapping {mapping!r}; valid choices: {', '.join(MAPPINGS)}")
+        self.mapping = mapping
+        require(isinstance(common_noise, bool), f"common_noise must be True or False, got {common_noise!r}")
+        require(isinstance(reward_baseline, bool), f"reward_baseline must be True or False, got {reward_baseline!r}")
+        self.common_noise, self.reward_baseline = common_noise, reward_baseline
+        n = T if scan is None else _positive_int(scan, "scan")
+        require(self.subset_size <= n <= T, f"scan must lie in [subset_size={self.subset_size}, T={T}], got {scan}")
+        self.scan = scan
+        # Stratum j is [edges[j], edges[j+1]); widths are >= 1 because n <= T.
+        self.edges = torch.linspace(0, T, n + 1, dtype=torch.float64).round().long()
+        self.bins = _positive_int(bins, "bins", 2)
+        require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
+        self.variance = variance
+        require(isinstance(eps, float) and 0 < eps < 0.5, f"eps must be a float in (0, 0.5), got {eps!r}")
+        self.eps = eps
+        self.seed = _positive_int(seed, "seed", 0)
+        self.hidden_dim = _positive_int(hidden_dim, "hidden_dim")
+        self.hidden_depth = _positive_int(hidden_depth, "hidden_depth", 0)
+        if image_shape is not None:
+            require(isinstance(image_shape, (tuple, list)) and len(image_shape) in (1, 3)
+                    and all(isinstance(s, int) and s >= 1 for s in image_shape),
+                    f"image_shape must be (C, H, W) or (D,) with positive sizes, got {image_shape!r}")
+            image_shape = tuple(image_shape)
+        self.image_shape = image_shape
+
+        self.policy: nn.Module | None = None
+        self.optimizer: torch.optim.Adam | None = None
+        if not conditioned or image_shape is not None:
+            self._build_policy(image_shape)
+        self.queue = ChangeQueue(self.queue_size)
+        self.subset = list(range(self.subset_size))  # S: feature indices (timesteps for the full scan)
+        self.step = 0                # observe() calls completed
+        self.updates = 0             # sampler updates attempted (indexes the random streams)
+        self.skipped_updates = 0     # updates dropped for a non-finite reward, change or gradient
+        self.baseline_ema, self.baseline_count = 0.0, 0
+        self.last_stats: dict | None = None
+        self.last_rewards: torch.Tensor | None = None  # this rank's per-sample rewards at the last update
+        self._generator = self._stream(_FALLBACK, distributed.rank(), updates=0)
+        self._last_sample = None
+        self._pmf_cache = None
+
+    def configure_bound(self, bins: int | None = None, variance: str | None = None) -> None:
+        """Set how the reward's bound terms are computed: the data's quantisation levels (the t = 0 decoder)
+        and the reverse-process variance. The trainer calls this with the data set's `bins`."""
+        if bins is not None:
+            self.bins = _positive_int(bins, "bins", 2)
+        if variance is not None:
+            require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
+            self.variance = variance
+
+    # ------------------------------------------------------------------------------------------------
+    # The policy
+
+    @property
+    def has_pmf(self) -> bool:
+        """Only the unconditioned sampler has one distribution over t; the conditioned one has one per x0."""
+        return not self.conditioned
+
+    def _build_policy(self, image_shape, device=None) -> None:
+        self.policy = make_policy(image_shape, self.conditioned, self.hidden_dim, self.hidden_depth).to(device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+
+    def _ensure_policy(self, x0: torch.Tensor) -> None:
+        """Build the policy from the first batch, and keep it (and Adam's moments) on the data's device."""
+        shape = tuple(x0.shape[1:])
+        if self.conditioned:
+            require(len(shape) in (1, 3), f"the conditioned sampler takes images (B, C, H, W) or vectors (B, D), "
+                                          f"got a batch of shape {tuple(x0.shape)}")
+            if self.image_shape is None:
+                self.image_shape = shape
+            require(shape == self.image_shape, f"the sampler's policy was built for x0 of shape {self.image_shape}, "
+                                               f"got {shape}")
+        if self.policy is None:
+            self._build_policy(self.image_shape, x0.device)
+        elif next(self.policy.parameters()).device != x0.device:
+            moments = self.optimizer.state_dict()
+            self.policy.to(x0.device)
+            self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+            self.optimizer.load_state_dict(moments)  # moves Adam's moments to the parameters' device
+
+    def _policy_input(self, x0: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        if not self.conditioned:
+            return None
+        require(x0 is not None, "the conditioned adaptive sampler needs the batch: call sample(batch_size, device, "
+                                "x0=x0), or build it with conditioned=False")
+        require(x0.shape[0] == batch_size, f"x0 holds {x0.shape[0]} samples but batch_size is {batch_size}")
+        return x0.detach()
+
+    @torch.no_grad()
+    def concentrations(self, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α, β) of the policy: one pair per row of x0 (conditioned), or one pair (unconditioned)."""
+        if self.conditioned:
+            require(x0 is not None, "the conditioned sampler's Beta depends on x0: pass a batch x0")
+            self._ensure_policy(x0)
+        return self._run_policy(x0)
+
+    def _run_policy(self, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α, β) for x0 (ignored by the global policy), with x0 cast to the policy's device and dtype."""
+        if not self.conditioned:
+            return self.policy()
+        weight = next(self.policy.parameters())
+        return self.policy(x0.detach().to(device=weight.device, dtype=weight.dtype))
+
+    def probabilities(self, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """The pmf over t (float64, CPU): of the global Beta, or, for the conditioned sampler, averaged over
+        the batch x0 (for plotting the density over training)."""
+        if not self.conditioned and self._pmf_cache is not None and self._pmf_cache[0] == self.updates:
+            return self._pmf_cache[1]
+        alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(x0))
+        pmf = torch.from_numpy(beta_pmf(alpha, beta, self.T, self.mapping).mean(0))
+        if not self.conditioned:
+            self._pmf_cache = (self.updates, pmf)
+        return pmf
+
+    # ------------------------------------------------------------------------------------------------
+    # Sampling
+
+    def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None,
+               x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """t_b = map(clamp(F⁻¹_{Beta(α_b, β_b)}(v_b))), v_b ~ U(0, 1) from `generator` (or the sampler's own).
+        The draws are kept for the next `observe()`."""
+        batch_size = _positive_int(batch_size, "batch_size")
+        policy_input = self._policy_input(x0, batch_size)
+        alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
+        generator = generator if generator is not None else self._generator
+        v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
+        u = beta_icdf(alpha, beta, v).clamp(self.eps, 1 - self.eps)
+        t = u_to_t(u, self.T, self.mapping)
+        self._last_sample = (policy_input, u)
+        return t.to(device), self.importance_weights(t).to(device)
+
+    # ------------------------------------------------------------------------------------------------
+    # Observing an update
+
+    @property
+    def is_update_step(self) -> bool:
+        """Whether the next `observe()` updates the sampler (every K-th step, starting with the first)."""
+        return self.step % self.update_every == 0
+
+    @contextlib.contextmanager
+    def observe(self, model, x0: torch.Tensor):
+        """Wrap one optimiser step of `model` (any callable model(x_t, t) -> ε, DDP included) on the batch x0
+        that the last `sample()` drew timesteps for. On update steps: probe before, run the body, probe
+        after and update the policy. If the body raises, nothing is updated or counted."""
+        if not self.is_update_step:
+            yield
+            self.step += 1
+            return
+        probe = self._probe_before(model, x0)
+        yield
+        self._update(model, probe)
+        self.step += 1
+
+    def _stream(self, stream: int, rank: int = 0, updates: int | None = None) -> torch.Generator:
+        """A CPU generator for one random stream of one update, the same on every rank unless `rank` is given."""
+        updates = self.updates if updates is None else updates
+        seed = np.random.SeedSequence([self.seed, updates, stream, rank]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def _probe_timesteps(self) -> torch.Tensor:
+        """This update's probe of each stratum: one uniform t in [edges[j], edges[j+1])."""
+        lo, width = self.edges[:-1], self.edges[1:] - self.edges[:-1]
+        v = torch.rand(len(lo), generator=self._stream(_STRATA), dtype=torch.float64)
+        return lo + (v * width).long().clamp(max=width - 1)
+
+    def _local_probes(self) -> torch.Tensor:
+        """The indices of the scan probes this rank computes: a contiguous share, gathered in rank order."""
+        return torch.tensor_split(torch.arange(len(self.edges) - 1), distributed.world_size())[distributed.rank()]
+
+    def _scan_image(self, x0: torch.Tensor) -> torch.Tensor:
+        """One image of rank 0's batch, the same on every rank."""
+        # Rank 0's draw is the one that counts; the modulo only keeps other ranks' (overwritten) slice valid.
+        index = int(torch.randint(x0.shape[0], (1,), generator=self._stream(_PICK))) % x0.shape[0]
+        return distributed.broadcast_(x0[index:index + 1].detach().clone(), src=0)
+
+    def _noise(self, generators, shape, n_subset: int, local: torch.Tensor, device, dtype) -> torch.Tensor:
+        """ε for the probe batch: the reward probes' from a per-rank stream, the scan's from a shared
+        stream drawn whole and sliced, so a timestep's noise does not depend on the number of ranks."""
+        batch_gen, scan_gen = generators
+        eps_batch = torch.randn((n_subset,) + shape, generator=batch_gen)
+        eps_scan = torch.randn((len(self.edges) - 1,) + shape, generator=scan_gen)[local]
+        return torch.cat([eps_batch, eps_scan]).to(device=device, dtype=dtype)
+
+    def _terms(self, model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """L_t(x0) in bits/dim (float64) for the whole probe batch: one forward pass, eval mode, no autograd."""
+        net = model.module if isinstance(model, DistributedDataParallel) else model  # no DDP hooks or syncs
+        with torch.no_grad(), eval_mode(model):
+            xt = q_sample(self.schedule, x0, t, noise)
+            eps = net(xt, t)
+            return vlb_terms_from_eps(self.schedule, x0.double(), xt.double(), t, eps.double(),
+                                      bins=self.bins, variance=self.variance)
+
+    def _probe_before(self, model, x0: torch.Tensor) -> _Probe:
+        require(self._last_sample is not None,
+                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        policy_input, u = self._last_sample
+        self._last_sample = None
+        require(isinstance(x0, torch.Tensor) and x0.shape[0] == len(u),
+                f"observe() got a batch of {len(x0)} but the last sample() drew {len(u)} timesteps")
+        self._ensure_policy(x0)
+        x0 = x0.detach()
+        B, shape = x0.shape[0], tuple(x0.shape[1:])
+        picks = self._probe_timesteps()
+        local = self._local_probes()
+        subset_t = picks[self.subset]
+        scan_image = self._scan_image(x0)
+        inputs = torch.cat([x0.repeat((len(subset_t),) + (1,) * len(shape)),
+                            scan_image.expand((len(local),) + shape)])
+        t = torch.cat([subset_t.repeat_interleave(B), picks[local]]).to(x0.device)
+        generators = (self._stream(_BATCH_NOISE, distributed.rank()), self._stream(_SCAN_NOISE))
+        noise = self._noise(generators, shape, B * len(subset_t), local, x0.device, x0.dtype)
+        before = self._terms(model, inputs, t, noise)
+        return _Probe(inputs, t, noise, before, B, subset_t.tolist(), policy_input, u, generators)
+
+    def _update(self, model, probe: _Probe) -> None:
+        """The after-probe, the reward, one policy step, and the queue (Algorithm 1, step 3)."""
+        noise = probe.noise
+        if not self.common_noise:
+            noise = self._noise(probe.generators, tuple(probe.x0.shape[1:]), probe.batch * len(probe.subset_t),
+                                self._local_probes(), noise.device, noise.dtype)
+        change = probe.before - self._terms(model, probe.x0, probe.t, noise)
+        n_reward = probe.batch * len(probe.subset_t)
+        reward = change[:n_reward].view(len(probe.subset_t), probe.batch).sum(0)
+        scan_change = distributed.all_gather_cat(change[n_reward:]).cpu()
+        self.last_rewards = reward.detach().cpu()
+        target = (scan_change * (self.edges[1:] - self.edges[:-1])).sum()
+
+        stats, applied = self._policy_step(probe, reward, finite=bool(torch.isfinite(scan_change).all()))
+        if applied:
+            self.queue.push(scan_change, target)
+            selected = self.queue.select(self.subset_size)
+            self.subset = selected if selected is not None else list(range(self.subset_size))
+            self.baseline_ema = BASELINE_DECAY * self.baseline_ema + (1 - BASELINE_DECAY) * stats["reward_mean"]
+            self.baseline_count += 1
+        else:
+            self.skipped_updates += 1
+        self.updates += 1
+        self.last_stats = {**stats, "subset": probe.subset_t, "skipped": not applied,
+                           "skipped_updates": self.skipped_updates, "updates": self.updates, "step": self.step}
+
+    @property
+    def baseline(self) -> float:
+        """The bias-corrected running mean of the reward (0 before the first update, or when switched off)."""
+        if not self.reward_baseline or self.baseline_count == 0:
+            return 0.0
+        return self.baseline_ema / (1 - BASELINE_DECAY ** self.baseline_count)
+
+    def _policy_step(self, probe: _Probe, reward: torch.Tensor, finite: bool) -> tuple[dict, bool]:
+        """loss = −mean_b log π(u_b | x0_b)(r_b − baseline) − c_ent mean_b H_b; gradients and diagnostics are
+        averaged over ranks in one all-reduce, then clipped; one Adam step unless anything is non-finite."""
+        params = list(self.policy.parameters())
+        device = params[0].device
+        alpha, beta = (v.double() for v in self._run_policy(probe.policy_input))
+        policy = torch.distributions.Beta(alpha, beta, validate_args=False)
+        log_prob, entropy = policy.log_prob(probe.u.to(device)), policy.entropy()
+        reward = reward.to(device)
+        loss = -(log_prob * (reward - self.baseline)).mean() - self.entropy_coef * entropy.mean()
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+
+        bad = not (finite and bool(torch.isfinite(reward).all()) and bool(torch.isfinite(loss)))
+        diagnostics = torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), reward.mean(),
+                                   loss, entropy.mean(), alpha.mean(), (alpha ** 2).mean(), beta.mean(),
+                                   (beta ** 2).mean()]).detach()
+        flat = torch.cat([p.grad.flatten().double() for p in params] + [diagnostics])
+        distributed.all_reduce_mean_(flat)  # one collective for the gradient and every statistic
+        grads, diagnostics = flat[:-len(diagnostics)], flat[-len(diagnostics):]
+        stats = dict(zip(("reward_mean", "policy_loss", "entropy", "alpha_mean", "alpha_sq", "beta_mean", "beta_sq"),
+                         diagnostics[1:].tolist()))
+        stats["alpha_std"] = math.sqrt(max(stats.pop("alpha_sq") - stats["alpha_mean"] ** 2, 0.0))
+        stats["beta_std"] = math.sqrt(max(stats.pop("beta_sq") - stats["beta_mean"] ** 2, 0.0))
+        if diagnostics[0] > 0 or not bool(torch.isfinite(grads).all()):
+            self.optimizer.zero_grad(set_to_none=False)
+            return stats, False
+        offset = 0
+        for p in params:
+            p.grad.copy_(grads[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        self._pmf_cache = None
+        return stats, True
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "policy": None if self.policy is None else {k: v.cpu() for k, v in self.policy.state_dict().items()},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "queue": self.queue.state_dict(),
+            "subset": list(self.subset),
+            "step": self.step, "updates": self.updates, "skipped_updates": self.skipped_updates,
+            "baseline": [self.baseline_ema, self.baseline_count],
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        features = state["queue"]["features"]
+        require(features.numel() == 0 or features.shape[1] == len(self.edges) - 1,
+                f"the checkpoint's sampler scanned {features.shape[1]} probes, this one {len(self.edges) - 1}: "
+                f"use the same T and scan")
+        require(all(0 <= j < len(self.edges) - 1 for j in state["subset"]) and len(state["subset"]) == self.subset_size,
+                f"the checkpoint's subset {state['subset']} does not fit subset_size={self.subset_size}")
+        if state["image_shape"] is not None:
+            shape = tuple(state["image_shape"])
+            require(self.image_shape is None or self.image_shape == shape or not self.conditioned,
+                    f"the checkpoint's policy is for x0 of shape {shape}, this sampler's for {self.image_shape}")
+            self.image_shape = shape
+        if state["policy"] is not None:
+            device = None if self.policy is None else next(self.policy.parameters()).device
+            self._build_policy(self.image_shape, device)
+            require(set(state["policy"]) == set(self.policy.state_dict()),
+                    "the checkpoint's sampler policy does not match this one (conditioned, image shape, hidden sizes)")
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.queue.load_state_dict(state["queue"])
+        self.subset = [int(j) for j in state["subset"]]
+        self.step, self.updates = int(state["step"]), int(state["updates"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self.baseline_ema, self.baseline_count = float(state["baseline"][0]), int(state["baseline"][1])
+        self._generator.set_state(state["generator"])
+        self._last_sample, self._pmf_cache = None, None
+
+    def __repr__(self) -> str:
+        scan = "full" if self.scan is None else self.scan
+        return (f"AdaptiveSampler(T={self.T}, conditioned={self.conditioned}, lr={self.lr}, K={self.update_every}, "
+                f"|S|={self.subset_size}, queue={self.queue_size}, scan={scan}, mapping={self.mapping!r})")

@@ -1,0 +1,304 @@
+"""The reference trainer: DDPM ε-prediction with any timestep sampler and loss weighting, on one
+process or many (torchrun). It uses the library exactly as a user's own loop would:
+`sampler.sample()` → weighted MSE → `sampler.observe()` around the optimiser step → `sampler.update()`.
+
+Every source of randomness is re-seeded from (seed, step, rank) at each step, and the batches are a
+pure function of (seed, step), so a run resumed from a checkpoint continues bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from . import distributed as dist_utils
+from .bound import estimate_bpd, exact_bpd
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import ImageDataset, batch_indices, load_data
+from .diffusion import mse_per_sample
+from .errors import UserError
+from .methods import make_method
+from .models import count_parameters, make_unet
+from .samplers import make_sampler
+from .schedule import NoiseSchedule
+from .weighting import make_weighting
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+class _SkipStep(Exception):
+    """Raised inside the sampler's observe() block so that a non-finite step teaches it nothing."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 4099 + rank
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_utils.local_rank())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+    return NoiseSchedule(cfg.schedule, T=cfg.T, beta_start=cfg.beta_start, beta_end=cfg.beta_end)
+
+
+def build_method(cfg: TrainConfig, schedule: NoiseSchedule, data: ImageDataset):
+    """(sampler, weighting) from the method preset, with --sampler / --weighting overriding its parts.
+    Samplers that score the bound themselves (adaptive) are told the data's quantisation."""
+    sampler, weighting = make_method(cfg.method, schedule)
+    if cfg.sampler:
+        sampler = make_sampler(cfg.sampler, schedule)
+    if cfg.weighting:
+        weighting = make_weighting(cfg.weighting, schedule)
+    if hasattr(sampler, "configure_bound"):
+        sampler.configure_bound(bins=data.bins, variance=cfg.variance)
+    return sampler, weighting
+
+
+def build_model(cfg: TrainConfig, data: ImageDataset) -> torch.nn.Module:
+    return make_unet(data.image_size, data.channels, preset=cfg.model, dropout=cfg.dropout)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.device = resolve_device(cfg.device)
+        self.out = Path(cfg.out)
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        if cfg.batch_size % self.world:
+            raise UserError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {self.world}")
+
+        self.data = load_data(cfg.data)
+        self.train_x = self.data.train.to(self.device)
+        self.test_x = self.data.test[self.rank::self.world].to(self.device)  # evaluation split across ranks
+        self.schedule = build_schedule(cfg)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.net = build_model(cfg, self.data).to(self.device)
+        self.model = self.net
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        warmup = max(cfg.warmup, 1)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
+        self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
+        self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
+        if resume:
+            self._resume()
+        elif self.is_main:
+            self._start_fresh()
+
+    # ----- output -----------------------------------------------------------------------------
+    def _start_fresh(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+            self.cfg.save(self.out / "config.json")
+            (self.out / "metrics.jsonl").write_text("")
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {str(self.out)!r} ({e.strerror or e})") from None
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "sampler": self.sampler.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
+                "skipped_total": self.skipped_total}
+
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        meta = {"config": self.cfg.to_dict(), "data_shape": list(self.data.shape), "bins": self.data.bins,
+                "schedule": self.schedule.to_config(), "world_size": self.world}
+        save_checkpoint(self.out / "checkpoints", self.step, {"model": self.net.state_dict(),
+                        "ema": self.ema.state_dict()}, self.state(), meta, keep=self.cfg.keep_checkpoints)
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            raise UserError(f"--resume: no checkpoint found under {self.out / 'checkpoints'}")
+        weights, state, meta = load_checkpoint(path, map_location=self.device)
+        check_compatible(meta, self.cfg, self.data)
+        self.net.load_state_dict(weights["model"])
+        self.ema.load_state_dict(weights["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.train_seconds = state["step"], state["train_seconds"]
+        self.skipped_total = state.get("skipped_total", 0)
+        if self.is_main:  # forget log lines written after the checkpoint: they will be written again
+            log = self.out / "metrics.jsonl"
+            lines = log.read_text().splitlines() if log.exists() else []
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= self.step]
+            log.write_text("".join(ln + "\n" for ln in kept))
+            self.cfg.save(self.out / "config.json")
+
+    # ----- one step ---------------------------------------------------------------------------
+    def train_step(self) -> float | None:
+        """One optimiser step; returns the loss, or None if the step was skipped as non-finite."""
+        cfg = self.cfg
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.rank))  # dropout
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, self.rank) + 1)
+        idx = batch_indices(len(self.train_x), cfg.batch_size, self.step, cfg.seed, self.rank, self.world)
+        x0 = self.train_x[idx.to(self.device)]
+        t, w = self.sampler.sample(len(x0), self.device, generator=gen, x0=x0)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        self.model.train()
+        mse = None
+        try:
+            with self.sampler.observe(self.net, x0):
+                mse = mse_per_sample(self.model, self.schedule, x0, t, noise)
+                loss = (mse * w * self.weighting.weights(t)).mean()
+                if not _all_finite(loss):
+                    raise _SkipStep
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip or math.inf)
+                if not _all_finite(grad_norm):
+                    raise _SkipStep
+                self.opt.step()
+        except _SkipStep:
+            self.opt.zero_grad(set_to_none=True)
+            return self._skip()
+        self.opt.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        self.ema.update_parameters(self.net)
+        self.sampler.update(t, mse.detach())
+        self.bad_steps = 0
+        return loss.item()
+
+    def _skip(self) -> None:
+        self.bad_steps += 1
+        self.skipped_total += 1
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise TrainingDiverged(f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step}; "
+                                   f"try a lower --lr or stronger --grad-clip")
+        return None
+
+    # ----- evaluation -------------------------------------------------------------------------
+    def evaluate(self, exact: bool) -> float:
+        """Test bits/dim of the EMA model, each rank scoring its shard of the test set."""
+        model = self.ema.module.eval()
+        fn = exact_bpd if exact else estimate_bpd
+        kwargs = dict(bins=self.data.bins, variance=self.cfg.variance, seed=0)
+        if exact:
+            kwargs["progress"] = self.progress
+        result = fn(model, self.schedule, self.test_x, **kwargs)
+        total = torch.tensor([result.total * len(self.test_x), len(self.test_x)], dtype=torch.float64)
+        total = dist_utils.all_reduce_sum_(total.to(self.device)).cpu()
+        return float(total[0] / total[1])
+
+    def sample_grid(self, name: str) -> Path | None:
+        from .sampling import ddpm_sample, save_grid
+
+        if not self.is_main or self.cfg.num_samples == 0:
+            return None
+        shape = (self.cfg.num_samples,) + tuple(self.data.shape)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        images = ddpm_sample(self.ema.module.eval(), self.schedule, shape, device=self.device, generator=gen,
+                             variance=self.cfg.variance, progress=self.progress)
+        return save_grid(images, self.out / "samples" / f"{name}.png")
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.is_main and self.step == 0:
+            print(f"training {count_parameters(self.net):,}-parameter UNet on {self.data!r}, "
+                  f"method={cfg.method}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}")
+            self.log({"step": 0, "test_bpd": self.evaluate(exact=False), "bpd_method": "estimate",
+                      "train_seconds": 0.0})
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
+                   mininterval=1.0, dynamic_ncols=True)
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            self.train_seconds += time.perf_counter() - t0
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 and loss is not None:
+                rate = window_steps / (time.perf_counter() - window_start)
+                record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                          "steps_per_sec": rate, "train_seconds": self.train_seconds, "skipped": self.skipped_total}
+                stats = getattr(self.sampler, "last_stats", None)
+                if stats:
+                    record["sampler"] = stats
+                self.log(record)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                bpd = self.evaluate(exact=False)
+                self.log({"step": self.step, "test_bpd": bpd, "bpd_method": "estimate",
+                          "train_seconds": self.train_seconds})
+                bar.write(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)") if self.is_main else None
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.sample_grid(f"step_{self.step:08d}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+            if window_steps == 0:  # evaluation and checkpoints are not training time
+                window_start = time.perf_counter()
+        bar.close()
+        self.save()
+        exact = cfg.final_exact
+        bpd = self.evaluate(exact=exact)
+        method = "exact" if exact else "estimate"
+        self.log({"step": self.step, "test_bpd": bpd, "bpd_method": method, "train_seconds": self.train_seconds,
+                  "final": True})
+        grid = self.sample_grid("final")
+        if self.is_main:
+            print(f"step {self.step}: test bits/dim = {bpd:.4f} ({method}); "
+                  f"{self.step / max(self.train_seconds, 1e-9):.1f} steps/s; samples: {grid}")
+        return {"step": self.step, "test_bpd": bpd, "bpd_method": method, "samples": str(grid)}
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """True on every rank iff x is finite on every rank (so all ranks skip together, never hang)."""
+    bad = torch.tensor([0.0 if torch.isfinite(x).all() else 1.0], device=x.device)
+    return dist_utils.all_reduce_sum_(bad).item() == 0
+
+
+def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
+    """A checkpoint can only continue a run with the same data shape, schedule and model."""
+    old = meta["config"]
+    for key in ("T", "schedule", "beta_start", "beta_end", "model", "method", "sampler", "weighting"):
+        if old.get(key) != getattr(cfg, key):
+            raise UserError(f"checkpoint was trained with {key}={old.get(key)!r} but this run has "
+                            f"{key}={getattr(cfg, key)!r}; use the same settings or a new --out folder")
+    if list(meta["data_shape"]) != list(data.shape):
+        raise UserError(f"checkpoint was trained on images of shape {meta['data_shape']} but the data "
+                        f"{cfg.data!r} has shape {list(data.shape)}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train with `cfg` on this process (and its torchrun peers)."""
+    dist_utils.setup()
+    try:
+        return Trainer(cfg, resume=resume, progress=progress).fit()
+    finally:
+        dist_utils.teardown()

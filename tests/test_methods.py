@@ -1,0 +1,79 @@
+"""Method presets: one name picks a sampler and a weighting; "sampler+weighting" pairs any two."""
+import pytest
+
+from timestep_sampling import NoiseSchedule, UserError
+from timestep_sampling.methods import METHODS, available_methods, make_method, method_specs
+from timestep_sampling.samplers import available_samplers
+from timestep_sampling.samplers.base import UniformSampler
+from timestep_sampling.samplers.fixed import BetaSampler, SpeedCurrentSampler, Speed2024Sampler
+from timestep_sampling.weighting import MinSNRWeighting, NoWeighting, P2Weighting, SpeedWeighting
+
+LINEAR = NoiseSchedule("linear", T=1000)
+NEEDS_ADAPTIVE = {name for name, (sampler, _) in METHODS.items() if sampler.startswith("adaptive")}
+
+
+def test_presets_are_the_documented_pairs():
+    assert METHODS["speed"] == ("speed", "speed")
+    assert METHODS["speed-2024"] == ("speed-2024", "speed-2024")
+    assert METHODS["adaptive-min-snr"] == ("adaptive", "min-snr")
+    assert METHODS["adaptive-frozen"] == ("adaptive:lr=0", "none")
+    assert available_methods() == sorted(METHODS)
+    assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen"}
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE))
+def test_every_preset_builds(name):
+    sampler, weighting = make_method(name, LINEAR)
+    t, w = sampler.sample(8)
+    assert weighting.weights(t).shape == w.shape == (8,)
+
+
+def test_presets_pick_the_right_halves():
+    sampler, weighting = make_method("speed", LINEAR)
+    assert type(sampler) is SpeedCurrentSampler and type(weighting) is SpeedWeighting
+    sampler, weighting = make_method("speed-2024", LINEAR)
+    assert type(sampler) is Speed2024Sampler and weighting.name == "speed-2024"
+    sampler, weighting = make_method("p2", LINEAR)
+    assert type(sampler) is UniformSampler and type(weighting) is P2Weighting
+    sampler, weighting = make_method("beta-0.95", LINEAR)
+    assert type(sampler) is BetaSampler and (sampler.a, sampler.b) == (0.95, 0.95) and type(weighting) is NoWeighting
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_ADAPTIVE))
+def test_adaptive_presets_build_or_say_the_sampler_is_missing(name):
+    if "adaptive" in available_samplers():
+        sampler, _ = make_method(name, LINEAR)
+        assert sampler.name == "adaptive"
+    else:
+        with pytest.raises(UserError, match="unknown sampler 'adaptive'.*valid choices"):
+            make_method(name, LINEAR)
+
+
+def test_options_reach_the_right_half():
+    sampler, weighting = make_method("logit-normal", LINEAR, std=2.0)
+    assert sampler.std == 2.0
+    sampler, weighting = make_method("min-snr", LINEAR, prediction="v")
+    assert type(weighting) is MinSNRWeighting and weighting.prediction == "v"
+    with pytest.raises(UserError, match="valid choices: a, b, unbiased"):
+        make_method("beta-0.95", LINEAR, k=2)
+
+
+def test_sampler_plus_weighting():
+    sampler, weighting = make_method("speed+min-snr:gamma=3", LINEAR)
+    assert type(sampler) is SpeedCurrentSampler and type(weighting) is MinSNRWeighting and weighting.gamma == 3
+    # A "+" inside a number is not a join.
+    assert method_specs("beta:a=2,b=1e+0+p2:k=0.5") == ("beta:a=2,b=1e+0", "p2:k=0.5")
+    sampler, weighting = make_method("beta:a=2,b=1e+0+p2:k=0.5", LINEAR)
+    assert sampler.b == 1.0 and weighting.k == 0.5
+
+
+@pytest.mark.parametrize("name, message", [
+    ("min_snr", "unknown method 'min_snr' .*valid choices: .*min-snr.*'sampler\\+weighting'"),
+    ("speedd+min-snr", "unknown sampler 'speedd'"),
+    ("speed+min-snrr", "unknown weighting 'min-snrr'"),
+    ("+min-snr", "expected 'sampler\\+weighting'"),
+])
+def test_unknown_methods_raise_one_clear_error(name, message):
+    with pytest.raises(UserError, match=message) as info:
+        make_method(name, LINEAR)
+    assert "\n" not in str(info.value)

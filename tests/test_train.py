@@ -1,0 +1,83 @@
+"""The reference trainer on the embedded digits: outputs, checkpoints and exact resume."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from timestep_sampling.checkpoint import latest_checkpoint, list_checkpoints
+from timestep_sampling.config import make_config
+from timestep_sampling.train import Trainer, train
+
+
+def tiny_config(out, **overrides):
+    base = dict(out=str(out), steps=30, T=100, batch_size=16, eval_every=0, checkpoint_every=10,
+                final_exact=False, num_samples=0, log_every=5, warmup=5, keep_checkpoints=5)
+    base.update(overrides)
+    return make_config(**base)
+
+
+def final_weights(out):
+    return load_file(latest_checkpoint(out / "checkpoints") / "model.safetensors")
+
+
+def loss_lines(out):
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in lines if "loss" in r]
+
+
+def test_run_writes_its_contract_outputs(tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(out, num_samples=4, eval_every=15), progress=False)
+    assert (out / "config.json").exists() and json.loads((out / "config.json").read_text())["steps"] == 30
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in r for r in records)
+    evals = [r for r in records if "test_bpd" in r]
+    assert [r["step"] for r in evals] == [0, 15, 30] and all(r["test_bpd"] > 0 for r in evals)
+    assert (out / "samples" / "final.png").stat().st_size > 0
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000010", "step_00000020",
+                                                                       "step_00000030"]
+    assert result["step"] == 30
+
+
+@pytest.mark.parametrize("method", ["uniform", "min-snr"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    straight = tmp_path / "straight"
+    train(tiny_config(straight, method=method), progress=False)
+
+    crashed = tmp_path / "crashed"
+    original = Trainer.train_step
+
+    def crash_at_25(self):
+        if self.step == 25:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_25)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(crashed, method=method), progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert latest_checkpoint(crashed / "checkpoints").name == "step_00000020"
+    train(tiny_config(crashed, method=method), resume=True, progress=False)
+
+    a, b = final_weights(straight), final_weights(crashed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_lines(straight) == loss_lines(crashed)
+
+
+def test_a_longer_run_continues_a_shorter_one(tmp_path):
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    train(tiny_config(straight, steps=20), progress=False)
+    train(tiny_config(extended, steps=10), progress=False)
+    train(tiny_config(extended, steps=20), resume=True, progress=False)
+    a, b = final_weights(straight), final_weights(extended)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_lowers_the_bound(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=150, eval_every=0, lr=2e-3, ema_decay=0.9), progress=False)
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    bpd = [r["test_bpd"] for r in records if "test_bpd" in r]
+    assert bpd[-1] < bpd[0] - 0.5, bpd
