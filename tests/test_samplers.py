@@ -413,3 +413,16 @@ def test_invalid_calls_raise_user_errors():
         sampler.update(torch.tensor([50]), torch.ones(1))
     with pytest.raises(UserError, match="non-finite"):
         sampler.update(torch.tensor([1]), torch.tensor([float("nan")]))
+
+
+@pytest.mark.parametrize("name", ["uniform", "logit-normal", "beta", "speed", "loss-second-moment", "variance",
+                                  "adaptive"])
+@pytest.mark.parametrize("device, message", [("gpu", "unknown device 'gpu'; valid here: cpu"),
+                                             ("cuda:7", "not available on this machine; valid here: cpu")])
+def test_a_wrong_device_is_one_clear_error(name, device, message):
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    sampler = make_sampler(name, SMALL)
+    with pytest.raises(UserError, match=message) as info:
+        sampler.sample(4, device, x0=torch.zeros(4, 1, 8, 8))
+    assert "\n" not in str(info.value)

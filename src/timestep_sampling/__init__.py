@@ -1,16 +1,19 @@
 """timestep_sampling: choose which diffusion timesteps to train on, and how to weight them.
 
-The library core (this namespace) needs only torch and numpy; the trainer, data loaders and
+The library core (this namespace) needs only torch, numpy and scipy; the trainer, data loaders, plots and
 command line live in submodules that import it, never the other way round.
 """
 from .bound import estimate_bpd, exact_bpd
 from .diffusion import mse_per_sample, q_sample, vlb_terms
 from .errors import UserError
-from .samplers import TimestepSampler, available_samplers, make_sampler
+from .methods import available_methods, make_method
+from .samplers import AdaptiveSampler, TimestepSampler, available_samplers, make_sampler
 from .schedule import NoiseSchedule
+from .weighting import LossWeighting, available_weightings, make_weighting
 
 __all__ = [
-    "NoiseSchedule", "TimestepSampler", "UserError", "available_samplers", "estimate_bpd", "exact_bpd",
-    "make_sampler", "mse_per_sample", "q_sample", "vlb_terms",
+    "AdaptiveSampler", "LossWeighting", "NoiseSchedule", "TimestepSampler", "UserError", "available_methods",
+    "available_samplers", "available_weightings", "estimate_bpd", "exact_bpd", "make_method", "make_sampler",
+    "make_weighting", "mse_per_sample", "q_sample", "vlb_terms",
 ]
 __version__ = "0.1.0"

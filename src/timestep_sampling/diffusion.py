@@ -1,7 +1,8 @@
 """The DDPM forward process, its posterior, the model's reverse step, and the per-timestep terms of
 the variational bound in bits/dim (METHOD.md sections 1 and 2).
 
-`model` everywhere is any callable `model(x_t, t) -> eps` (ε-prediction).
+`model` everywhere is any callable `model(x_t, t) -> eps` (ε-prediction); a diffusers model, whose
+output holds ε in `.sample`, works as it is.
 """
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ VARIANCES = ("fixed-large", "fixed-small")
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(1)
+
+
+def predict_eps(model, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x_t, t) from a plain callable or a diffusers model (UNet2DModel returns an output object)."""
+    out = model(xt, t)
+    return out if isinstance(out, torch.Tensor) else out.sample
 
 
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -113,7 +120,7 @@ def vlb_terms(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
     if noise is None:
         noise = torch.randn_like(x0)
     xt = q_sample(schedule, x0, t, noise)
-    return vlb_terms_from_eps(schedule, x0, xt, t, model(xt, t), **options)
+    return vlb_terms_from_eps(schedule, x0, xt, t, predict_eps(model, xt, t), **options)
 
 
 def prior_bpd(schedule: NoiseSchedule, x0: torch.Tensor) -> torch.Tensor:
@@ -129,4 +136,4 @@ def mse_per_sample(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Te
     """The "simple" DDPM loss ‖ε − ε_θ(x_t, t)‖², averaged over pixels, one value per sample."""
     if noise is None:
         noise = torch.randn_like(x0)
-    return mean_flat((model(q_sample(schedule, x0, t, noise), t) - noise) ** 2)
+    return mean_flat((predict_eps(model, q_sample(schedule, x0, t, noise), t) - noise) ** 2)

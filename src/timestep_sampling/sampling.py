@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import p_mean_variance
+from .diffusion import p_mean_variance, predict_eps
 from .schedule import NoiseSchedule
 
 
@@ -20,7 +20,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, *, device="cpu", generato
     x = torch.randn(shape, generator=generator).to(device)
     for step in tqdm(range(schedule.T - 1, -1, -1), desc="sampling (DDPM)", disable=not progress, leave=False):
         t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-        mean, log_var, _ = p_mean_variance(schedule, model(x, t), x, t, variance, clip)
+        mean, log_var, _ = p_mean_variance(schedule, predict_eps(model, x, t), x, t, variance, clip)
         if step == 0:
             return mean  # at t = 0 the mean is x̂_0 itself; the decoder's mode, no noise added
         x = mean + (0.5 * log_var).exp() * torch.randn(shape, generator=generator).to(device)
@@ -38,7 +38,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
     scheduler.set_timesteps(steps)
     x = torch.randn(shape, generator=generator).to(device)
     for t in tqdm(scheduler.timesteps, desc="sampling (DDIM)", disable=not progress, leave=False):
-        eps = model(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long))
+        eps = predict_eps(model, x, torch.full((shape[0],), int(t), device=device, dtype=torch.long))
         x = scheduler.step(eps, int(t), x, eta=eta, generator=generator).prev_sample
     return x.clamp(-1, 1)
 

@@ -23,6 +23,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
 from .diffusion import mse_per_sample
+from .devices import check_device
 from .errors import UserError
 from .methods import make_method
 from .models import count_parameters, make_unet
@@ -48,13 +49,7 @@ def resolve_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", dist_utils.local_rank())
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
-    return device
+    return check_device(name)
 
 
 def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
@@ -119,6 +114,11 @@ class Trainer:
             (self.out / "metrics.jsonl").write_text("")
         except OSError as e:
             raise UserError(f"cannot write to output folder {str(self.out)!r} ({e.strerror or e})") from None
+
+    def say(self, message: str, bar=None) -> None:
+        """Print on rank 0 only, above the progress bar when there is one."""
+        if self.is_main:
+            (bar.write if bar is not None else print)(message)
 
     def log(self, record: dict) -> None:
         if self.is_main:
@@ -230,8 +230,10 @@ class Trainer:
         if self.is_main and self.step == 0:
             print(f"training {count_parameters(self.net):,}-parameter UNet on {self.data!r}, "
                   f"method={cfg.method}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}")
-            self.log({"step": 0, "test_bpd": self.evaluate(exact=False), "bpd_method": "estimate",
-                      "train_seconds": 0.0})
+        if self.step == 0:
+            bpd = self.evaluate(exact=False)
+            self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})
+            self.say(f"step 0: test bits/dim ≈ {bpd:.4f} (stratified estimate, untrained model)")
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
@@ -256,7 +258,7 @@ class Trainer:
                 bpd = self.evaluate(exact=False)
                 self.log({"step": self.step, "test_bpd": bpd, "bpd_method": "estimate",
                           "train_seconds": self.train_seconds})
-                bar.write(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)") if self.is_main else None
+                self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)", bar)
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid(f"step_{self.step:08d}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -270,10 +272,11 @@ class Trainer:
         method = "exact" if exact else "estimate"
         self.log({"step": self.step, "test_bpd": bpd, "bpd_method": method, "train_seconds": self.train_seconds,
                   "final": True})
+        self.say(f"step {self.step}: test bits/dim = {bpd:.4f} ({method}); "
+                 f"{self.step / max(self.train_seconds, 1e-9):.1f} steps/s")
         grid = self.sample_grid("final")
-        if self.is_main:
-            print(f"step {self.step}: test bits/dim = {bpd:.4f} ({method}); "
-                  f"{self.step / max(self.train_seconds, 1e-9):.1f} steps/s; samples: {grid}")
+        if grid is not None:
+            self.say(f"samples: {grid}")
         return {"step": self.step, "test_bpd": bpd, "bpd_method": method, "samples": str(grid)}
 
 

@@ -1,4 +1,11 @@
 """Timestep samplers: which timesteps a diffusion model trains on."""
+from .adaptive import AdaptiveSampler
 from .base import TimestepSampler, UniformSampler, available_samplers, make_sampler
+from .fixed import BetaSampler, LogitNormalSampler, LognormalEDMSampler, Speed2024Sampler, SpeedCurrentSampler
+from .loss_aware import LossSecondMomentSampler, VarianceSampler
 
-__all__ = ["TimestepSampler", "UniformSampler", "available_samplers", "make_sampler"]
+__all__ = [
+    "AdaptiveSampler", "BetaSampler", "LogitNormalSampler", "LognormalEDMSampler", "LossSecondMomentSampler",
+    "Speed2024Sampler", "SpeedCurrentSampler", "TimestepSampler", "UniformSampler", "VarianceSampler",
+    "available_samplers", "make_sampler",
+]

@@ -49,7 +49,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
-from ..diffusion import VARIANCES, q_sample, vlb_terms_from_eps
+from ..diffusion import VARIANCES, predict_eps, q_sample, vlb_terms_from_eps
+from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
@@ -326,6 +327,7 @@ class AdaptiveSampler(TimestepSampler):
         """t_b = map(clamp(F⁻¹_{Beta(α_b, β_b)}(v_b))), v_b ~ U(0, 1) from `generator` (or the sampler's own).
         The draws are kept for the next `observe()`."""
         batch_size = _positive_int(batch_size, "batch_size")
+        device = check_device(device)
         policy_input = self._policy_input(x0, batch_size)
         alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
         generator = generator if generator is not None else self._generator
@@ -392,7 +394,7 @@ class AdaptiveSampler(TimestepSampler):
         net = model.module if isinstance(model, DistributedDataParallel) else model  # no DDP hooks or syncs
         with torch.no_grad(), eval_mode(model):
             xt = q_sample(self.schedule, x0, t, noise)
-            eps = net(xt, t)
+            eps = predict_eps(net, xt, t)
             return vlb_terms_from_eps(self.schedule, x0.double(), xt.double(), t, eps.double(),
                                       bins=self.bins, variance=self.variance)
 

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from ..devices import check_device
 from ..errors import UserError, require
 from ..registry import Registry
 from ..schedule import NoiseSchedule
@@ -47,6 +48,7 @@ class TimestepSampler:
 
         Draws happen on the CPU (with `generator` when given) and are moved to `device`, so a seed
         gives the same timesteps on every device."""
+        device = check_device(device)
         p = self.probabilities()
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         return t.to(device), self.importance_weights(t).to(device)
@@ -107,5 +109,6 @@ class UniformSampler(TimestepSampler):
         return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
 
     def sample(self, batch_size, device=None, generator=None, x0=None):
+        device = check_device(device)
         t = torch.randint(0, self.T, (batch_size,), generator=generator)
         return t.to(device), torch.ones(batch_size, device=device)

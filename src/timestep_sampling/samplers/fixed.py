@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
+from ..devices import check_device
 from ..errors import UserError, require
 from .base import SAMPLERS, TimestepSampler
 
@@ -79,6 +80,7 @@ class ExplicitSampler(TimestepSampler):
 
     def sample(self, batch_size, device=None, generator=None, x0=None):
         check_batch_size(batch_size)
+        device = check_device(device)
         t = self._draw(batch_size, generator)
         return t.to(device), self.importance_weights(t).to(device)
 
