@@ -40,10 +40,12 @@ def test_run_writes_its_contract_outputs(tmp_path):
     assert result["step"] == 30
 
 
-@pytest.mark.parametrize("method", ["uniform", "min-snr"])
+@pytest.mark.parametrize("method", [{"method": "uniform"}, {"method": "min-snr"},
+                                    {"method": "adaptive", "sampler": "adaptive:update_every=4"}],
+                         ids=["uniform", "min-snr", "adaptive"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
     straight = tmp_path / "straight"
-    train(tiny_config(straight, method=method), progress=False)
+    train(tiny_config(straight, **method), progress=False)
 
     crashed = tmp_path / "crashed"
     original = Trainer.train_step
@@ -55,15 +57,19 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_25)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(crashed, method=method), progress=False)
+        train(tiny_config(crashed, **method), progress=False)
     monkeypatch.setattr(Trainer, "train_step", original)
     assert latest_checkpoint(crashed / "checkpoints").name == "step_00000020"
-    train(tiny_config(crashed, method=method), resume=True, progress=False)
+    train(tiny_config(crashed, **method), resume=True, progress=False)
 
     a, b = final_weights(straight), final_weights(crashed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert loss_lines(straight) == loss_lines(crashed)
+    if method["method"] == "adaptive":  # the sampler's own state went through the checkpoint too
+        a, b = (torch.load(latest_checkpoint(out / "checkpoints") / "state.pt")["sampler"] for out in (straight, crashed))
+        assert a["updates"] == b["updates"] == 8
+        assert all(torch.equal(a["policy"][k], b["policy"][k]) for k in a["policy"])
 
 
 def test_a_longer_run_continues_a_shorter_one(tmp_path):
@@ -81,3 +87,14 @@ def test_training_lowers_the_bound(tmp_path):
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     bpd = [r["test_bpd"] for r in records if "test_bpd" in r]
     assert bpd[-1] < bpd[0] - 0.5, bpd
+
+
+def test_a_learning_sampler_leaves_its_density_over_training(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, method="adaptive", sampler="adaptive:update_every=2,lr=0.05", eval_every=10), progress=False)
+    records = [json.loads(ln) for ln in (out / "sampler_density.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 10, 20, 30]
+    densities = torch.tensor([r["density"] for r in records], dtype=torch.float64)
+    assert densities.shape == (4, 100) and torch.allclose(densities.sum(1), torch.ones(4, dtype=torch.float64))
+    assert not torch.allclose(densities[0], densities[-1], atol=1e-4)  # it learned something
+    assert (out / "sampler_density.png").stat().st_size > 0

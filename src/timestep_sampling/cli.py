@@ -42,9 +42,12 @@ def _plot_samplers(args) -> None:
     from .plotting import plot_samplers
     from .schedule import NoiseSchedule
 
+    from .data import load_data
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    path = plot_samplers(NoiseSchedule(args.schedule, T=args.T), methods, args.out)
-    print(f"wrote {path}")
+    x0 = load_data(args.data).train[:256]  # data-conditioned samplers (adaptive) are drawn averaged over it
+    plot_samplers(NoiseSchedule(args.schedule, T=args.T), methods, args.out, x0=x0)
+    print(f"wrote {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot-samplers", help="plot each method's timestep density and effective weight")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--T", type=int, default=1000)
-    p.add_argument("--methods", default="uniform,p2,min-snr,logit-normal,lognormal-edm,speed,speed-2024,beta-0.95")
+    p.add_argument("--methods", default="uniform,p2,min-snr,logit-normal,lognormal-edm,speed,speed-2024,beta-0.95,"
+                                        "adaptive")
+    p.add_argument("--data", default="digits", help="images to average a data-conditioned sampler's pmf over")
     p.add_argument("--out", default="samplers.png")
     p.set_defaults(func=_plot_samplers)
     return parser

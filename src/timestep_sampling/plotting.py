@@ -32,9 +32,13 @@ def trained_density(sampler: TimestepSampler, x0: torch.Tensor | None = None) ->
         if x0 is None:
             return None, " (pmf depends on the data, none given: not drawn)"
         p = sampler.probabilities(x0=x0)
-    learns = (type(sampler).update is not TimestepSampler.update
-              or type(sampler).observe is not TimestepSampler.observe)
-    return p, " (initial pmf; it learns)" if learns else ""
+    return p, " (initial pmf; it learns)" if sampler_learns(sampler) else ""
+
+
+def sampler_learns(sampler: TimestepSampler) -> bool:
+    """Whether the sampler's distribution changes in training (it overrides update or observe)."""
+    return (type(sampler).update is not TimestepSampler.update
+            or type(sampler).observe is not TimestepSampler.observe)
 
 
 def plot_samplers(schedule: NoiseSchedule, methods: list[str], out_path, prediction: str | None = None,
@@ -95,3 +99,46 @@ def plot_samplers(schedule: NoiseSchedule, methods: list[str], out_path, predict
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, format="png", dpi=dpi)
     return labels
+
+
+def plot_density_over_training(steps, densities, out_path, title: str | None = None, dpi: int = 100) -> Path:
+    """Write a PNG of a sampler's timestep density over training (the seed paper's Fig. 5 and 6): left,
+    a heatmap of p(t)·T (1 = uniform) with training step on the vertical axis; right, the density at
+    the first, middle and last recorded steps. `densities` is (len(steps), T)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    steps = np.asarray(steps)
+    relative = np.asarray(densities, dtype=np.float64) * np.shape(densities)[1]
+    if relative.ndim != 2 or len(steps) != len(relative) or len(steps) == 0:
+        raise UserError(f"need one density per step, got {len(steps)} steps and an array of shape {relative.shape}")
+    T = relative.shape[1]
+    fig = Figure(figsize=(12, 4.5), dpi=dpi, layout="constrained")
+    heat, lines = fig.subplots(1, 2, width_ratios=(3, 2))
+    positive = relative[relative > 0]
+    spread = max(positive.max() if positive.size else 1.0, 1 / positive.min() if positive.size else 1.0, 1.5)
+    # Symmetric around 1 on a log scale, so "twice as likely as uniform" and "half as likely" look alike.
+    norm = LogNorm(vmin=1 / spread, vmax=spread)
+    edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]])
+    mesh = heat.pcolormesh(np.arange(T + 1) - 0.5, edges, np.clip(relative, 1 / spread, None), norm=norm,
+                           cmap="RdBu_r", shading="flat")
+    fig.colorbar(mesh, ax=heat, label="p(t) · T   (1 = uniform)")
+    heat.set_xlabel("timestep t")
+    heat.set_ylabel("training step")
+    heat.set_title("timestep density over training")
+    for i in sorted({0, len(steps) // 2, len(steps) - 1}):
+        lines.plot(np.arange(T), relative[i], label=f"step {steps[i]}")
+    lines.axhline(1.0, color="grey", lw=0.8, ls=":")
+    lines.set_yscale("log")
+    lines.set_xlabel("timestep t")
+    lines.set_ylabel("p(t) · T")
+    lines.set_title("density at three steps")
+    lines.legend(fontsize="small")
+    lines.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, format="png", dpi=dpi)
+    return out_path

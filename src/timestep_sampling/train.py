@@ -27,6 +27,7 @@ from .devices import check_device
 from .errors import UserError
 from .methods import make_method
 from .models import count_parameters, make_unet
+from .plotting import plot_density_over_training, sampler_learns, trained_density
 from .samplers import make_sampler
 from .schedule import NoiseSchedule
 from .weighting import make_weighting
@@ -40,16 +41,21 @@ class _SkipStep(Exception):
     """Raised inside the sampler's observe() block so that a non-finite step teaches it nothing."""
 
 
+DENSITY_LOG = "sampler_density.jsonl"  # one line per evaluation: {"step": s, "density": [p_0, ..., p_{T-1}]}
+DENSITY_IMAGES = 256  # a data-conditioned sampler's pmf is averaged over the first training images
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist_utils.local_rank())
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    return check_device(name)
+    device = check_device("cuda" if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:  # "auto" or plain "cuda": this process's GPU under torchrun
+        device = check_device(f"cuda:{dist_utils.local_rank()}")
+    return device
 
 
 def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
@@ -120,10 +126,30 @@ class Trainer:
         if self.is_main:
             (bar.write if bar is not None else print)(message)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict, name: str = "metrics.jsonl") -> None:
         if self.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with open(self.out / name, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def log_density(self) -> None:
+        """Append the sampler's current pmf over t (averaged over a fixed set of training images when it
+        depends on the image) to DENSITY_LOG, for the density-over-training picture."""
+        if self.is_main:
+            p, _ = trained_density(self.sampler, self.train_x[:DENSITY_IMAGES])
+            if p is not None:
+                self.log({"step": self.step, "density": [round(v, 8) for v in p.tolist()]}, DENSITY_LOG)
+
+    def plot_density(self) -> Path | None:
+        """DIR/sampler_density.png, for samplers that learn (a fixed sampler's picture has nothing to show)."""
+        path = self.out / DENSITY_LOG
+        if not (self.is_main and sampler_learns(self.sampler) and path.exists()):
+            return None
+        records = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        if len(records) < 2:
+            return None
+        return plot_density_over_training([r["step"] for r in records], [r["density"] for r in records],
+                                          self.out / "sampler_density.png",
+                                          title=f"{self.cfg.method}: sampler {self.sampler!r}")
 
     # ----- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -153,10 +179,8 @@ class Trainer:
         self.step, self.train_seconds = state["step"], state["train_seconds"]
         self.skipped_total = state.get("skipped_total", 0)
         if self.is_main:  # forget log lines written after the checkpoint: they will be written again
-            log = self.out / "metrics.jsonl"
-            lines = log.read_text().splitlines() if log.exists() else []
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= self.step]
-            log.write_text("".join(ln + "\n" for ln in kept))
+            for log in (self.out / "metrics.jsonl", self.out / DENSITY_LOG):
+                _truncate_log(log, self.step)
             self.cfg.save(self.out / "config.json")
 
     # ----- one step ---------------------------------------------------------------------------
@@ -208,8 +232,9 @@ class Trainer:
         kwargs = dict(bins=self.data.bins, variance=self.cfg.variance, seed=0)
         if exact:
             kwargs["progress"] = self.progress
-        result = fn(model, self.schedule, self.test_x, **kwargs)
-        total = torch.tensor([result.total * len(self.test_x), len(self.test_x)], dtype=torch.float64)
+        # A rank whose shard is empty (more ranks than test images) still joins the all-reduce.
+        mean = fn(model, self.schedule, self.test_x, **kwargs).total if len(self.test_x) else 0.0
+        total = torch.tensor([mean * len(self.test_x), len(self.test_x)], dtype=torch.float64)
         total = dist_utils.all_reduce_sum_(total.to(self.device)).cpu()
         return float(total[0] / total[1])
 
@@ -234,6 +259,7 @@ class Trainer:
             bpd = self.evaluate(exact=False)
             self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})
             self.say(f"step 0: test bits/dim ≈ {bpd:.4f} (stratified estimate, untrained model)")
+            self.log_density()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
@@ -244,7 +270,10 @@ class Trainer:
             self.step += 1
             window_steps += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 and loss is not None:
+            if self.step % cfg.log_every == 0 and loss is not None:  # the same on every rank (skips are agreed)
+                # The loss of the global batch: the mean of the ranks' equal-sized batch means.
+                loss = torch.tensor([loss], dtype=torch.float64, device=self.device)
+                loss = dist_utils.all_reduce_mean_(loss).item()
                 rate = window_steps / (time.perf_counter() - window_start)
                 record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                           "steps_per_sec": rate, "train_seconds": self.train_seconds, "skipped": self.skipped_total}
@@ -259,6 +288,7 @@ class Trainer:
                 self.log({"step": self.step, "test_bpd": bpd, "bpd_method": "estimate",
                           "train_seconds": self.train_seconds})
                 self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)", bar)
+                self.log_density()
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid(f"step_{self.step:08d}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -272,12 +302,23 @@ class Trainer:
         method = "exact" if exact else "estimate"
         self.log({"step": self.step, "test_bpd": bpd, "bpd_method": method, "train_seconds": self.train_seconds,
                   "final": True})
+        self.log_density()
         self.say(f"step {self.step}: test bits/dim = {bpd:.4f} ({method}); "
                  f"{self.step / max(self.train_seconds, 1e-9):.1f} steps/s")
+        density_png = self.plot_density()
+        if density_png is not None:
+            self.say(f"sampler density over training: {density_png}")
         grid = self.sample_grid("final")
         if grid is not None:
             self.say(f"samples: {grid}")
         return {"step": self.step, "test_bpd": bpd, "bpd_method": method, "samples": str(grid)}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` up to `step`."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in kept))
 
 
 def _all_finite(x: torch.Tensor) -> bool:

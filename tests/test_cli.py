@@ -1,0 +1,119 @@
+"""The command line's contract for mistakes: status 2 and one line on stderr that says what was expected,
+never a traceback. One row per mistake; most fail before any training starts."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from timestep_sampling.cli import main
+from timestep_sampling.config import make_config
+from timestep_sampling.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished tiny run (T = 50), for the rows that need a checkpoint."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(make_config(out=str(out), steps=2, T=50, batch_size=8, eval_every=0, num_samples=0,
+                      final_exact=False, checkpoint_every=1, warmup=1), progress=False)
+    return out
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def files(tmp):
+    """Inputs that rows refer to by name, made in the test's own folder."""
+    np.savez(tmp / "flat.npz", images=np.zeros((10, 64), np.float32))
+    np.savez(tmp / "range.npz", images=np.full((10, 8, 8), 300.0, np.float32))
+    (tmp / "empty").mkdir()
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "a.png").write_bytes(b"not a png")
+    (tmp / "afile").write_text("x")
+    return {
+        "flat": str(tmp / "flat.npz"), "range": str(tmp / "range.npz"), "empty": str(tmp / "empty"),
+        "broken": str(tmp / "broken"), "afile": str(tmp / "afile"),
+        "typo_key": write(tmp / "typo.json", json.dumps({"stepz": 5})),
+        "bad_type": write(tmp / "type.json", json.dumps({"lr": "fast"})),
+        "bad_toml": write(tmp / "bad.toml", "steps = = 3"),
+    }
+
+
+T_ARGS = ["train", "--steps", "1", "--T", "50", "--batch-size", "8", "--num-samples", "0", "--no-progress"]
+
+ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
+    ("unknown method", T_ARGS + ["--method", "unifrom"], "unknown method 'unifrom' (did you mean 'uniform'?)"),
+    ("unknown sampler", T_ARGS + ["--sampler", "lognormal"], "unknown sampler 'lognormal'"),
+    ("unknown weighting", T_ARGS + ["--weighting", "minsnr"], "unknown weighting 'minsnr'"),
+    ("unknown schedule", T_ARGS + ["--schedule", "linaer"], "unknown noise schedule 'linaer' (did you mean 'linear'?)"),
+    ("unknown sampler option", T_ARGS + ["--sampler", "speed:kk=2"], "valid choices"),
+    ("T <= 1", ["train", "--T", "1", "--no-progress"], "T must be > 1"),
+    ("negative gamma", T_ARGS + ["--weighting", "min-snr:gamma=-5"], "gamma"),
+    ("K < 1", T_ARGS + ["--sampler", "adaptive:update_every=0"], "update_every"),
+    ("|S| > T", T_ARGS + ["--sampler", "adaptive:subset_size=60"], "subset_size"),
+    ("queue < 2", T_ARGS + ["--sampler", "adaptive:queue_size=1"], "queue_size"),
+    ("negative policy lr", T_ARGS + ["--sampler", "adaptive:lr=-1"], "lr"),
+    ("negative lr", T_ARGS + ["--lr", "-1"], "lr must be >= 0"),
+    ("zero steps", ["train", "--steps", "0", "--no-progress"], "steps must be >= 1"),
+    ("zero batch", ["train", "--batch-size", "0", "--no-progress"], "batch_size must be >= 1"),
+    ("unbiased without a pmf", T_ARGS + ["--sampler", "adaptive:unbiased=true"], "unbiased"),
+    ("missing data path", T_ARGS + ["--data", "/no/such/place"], "/no/such/place"),
+    ("flat npz", T_ARGS + ["--data", "{flat}"], "flat.npz"),
+    ("npz out of range", T_ARGS + ["--data", "{range}"], "range"),
+    ("empty folder", T_ARGS + ["--data", "{empty}"], "empty"),
+    ("unreadable image", T_ARGS + ["--data", "{broken}"], "a.png"),
+    ("config key typo", T_ARGS + ["--config", "{typo_key}"], "unknown config key 'stepz' (did you mean 'steps'?)"),
+    ("config value type", T_ARGS + ["--config", "{bad_type}"], "config key 'lr' must be of type float"),
+    ("malformed config", T_ARGS + ["--config", "{bad_toml}"], "cannot read config file"),
+    ("missing config", T_ARGS + ["--config", "/no/such.toml"], "does not exist"),
+    ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
+    ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
+    ("resume without a checkpoint", T_ARGS + ["--out", "{empty}", "--resume"], "no checkpoint"),
+    ("resume with another T", ["train", "--out", "{run}", "--resume", "--T", "60", "--no-progress"], "T"),
+    ("evaluate nothing", ["evaluate", "--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
+    ("sample zero images", ["sample", "--checkpoint", "{run}", "--num", "0", "--out", "x.png"], "--num must be >= 1"),
+    ("unknown sampling method", ["sample", "--checkpoint", "{run}", "--method", "euler", "--out", "{empty}/x.png",
+                                 "--num", "1"], "valid choices: ddim, ddpm"),
+    ("plot an unknown method", ["plot-samplers", "--methods", "uniform,sped", "--out", "{empty}/p.png"],
+     "unknown method 'sped'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_a_mistake_is_one_line_and_status_2(argv, message, run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = {**files(tmp_path), "run": str(run)}
+    argv = [a.format(**names) for a in argv]
+    if "--out" not in argv and argv[0] == "train":
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_the_module_twin_exits_2_without_a_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "timestep_sampling", "train", "--method", "unifrom", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: unknown method"), result.stderr
+
+
+def test_a_corrupt_checkpoint_names_the_file_and_an_older_one_still_works(run, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    newest = sorted((copy / "checkpoints").iterdir())[-1]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    assert main(["evaluate", "--checkpoint", str(newest), "--estimate", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and err.count("\n") == 1, err
+    older = sorted((copy / "checkpoints").iterdir())[-2]
+    assert main(["evaluate", "--checkpoint", str(older), "--estimate", "--no-progress"]) == 0
