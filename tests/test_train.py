@@ -98,3 +98,6 @@ def test_a_learning_sampler_leaves_its_density_over_training(tmp_path):
     assert densities.shape == (4, 100) and torch.allclose(densities.sum(1), torch.ones(4, dtype=torch.float64))
     assert not torch.allclose(densities[0], densities[-1], atol=1e-4)  # it learned something
     assert (out / "sampler_density.png").stat().st_size > 0
+    updates = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "sampler_update" in ln]
+    assert [r["sampler_update"] for r in updates] == list(range(1, 16))  # one line per policy update (K = 2)
+    assert {"alpha_mean", "beta_mean", "alpha_std", "beta_std", "subset", "reward_mean"} <= set(updates[0]["sampler"])

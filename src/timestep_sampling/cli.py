@@ -50,6 +50,137 @@ def _plot_samplers(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _analysis_args(args) -> dict:
+    return {"out": args.out or f"{args.run.rstrip('/')}/analysis", "seed": args.seed, "data": args.data,
+            "device": args.device, "progress": not args.no_progress}
+
+
+def _analyze_grad_variance(args) -> None:
+    from .analysis import grad_variance
+
+    r = grad_variance(args.run, steps=args.steps, bins=args.bins, samples=args.samples, weighting=args.weighting,
+                      ema=args.ema, **_analysis_args(args))
+    print(f"wrote {r['png']} and {r['json']}")
+
+
+def _analyze_timestep_loss(args) -> None:
+    from .analysis import timestep_loss
+
+    r = timestep_loss(args.run, steps=args.steps, bins=args.bins, images=args.images, ema=args.ema,
+                      **_analysis_args(args))
+    print(f"wrote {r['png']} and {r['json']}")
+
+
+def _analyze_interdependence(args) -> None:
+    from .analysis import interdependence
+
+    r = interdependence(args.run, step=args.step, bands=args.bands, train_steps=args.train_steps,
+                        batch_size=args.batch_size, lr=args.lr, weighting=args.weighting, images=args.images,
+                        **_analysis_args(args))
+    print(f"wrote {r['png']} and {r['json']}")
+
+
+def _analyze_sampler_density(args) -> None:
+    from .analysis import sampler_density
+
+    r = sampler_density(args.run, args.out or f"{args.run.rstrip('/')}/analysis")
+    print(f"wrote {r['png']} and {r['json']}")
+
+
+def _add_analyze_parser(sub) -> None:
+    analyze = sub.add_parser("analyze", help="pictures of a training run: gradient variance, per-timestep loss, "
+                                             "interdependence of timesteps, sampler density over training")
+    kinds = analyze.add_subparsers(dest="analysis", required=True)
+    steps_help = ("checkpoints to analyse, e.g. 1000,2000 (default: all present in RUN/checkpoints; the trainer keeps "
+                  "only the newest keep_checkpoints, default 2: raise it in a --config file to keep more)")
+
+    def common(p, what: str, checkpoints: bool = True):
+        p.add_argument("--run", required=True, help="a training run's --out folder (config.json, checkpoints, logs)")
+        p.add_argument("--out", help=f"folder for {what}.png and {what}.json (default RUN/analysis)")
+        if checkpoints:
+            p.add_argument("--seed", type=int, default=0, help="seeds the images, timesteps and noise measured")
+            p.add_argument("--data", help="the run's data if it moved (default: the data in its config.json)")
+            p.add_argument("--device", default="cpu")
+            p.add_argument("--no-progress", action="store_true")
+
+    p = kinds.add_parser("grad-variance", help="variance of the stochastic gradient per timestep bin, per "
+                                               "checkpoint (Kim et al. Fig. 2, top)")
+    common(p, "grad_variance")
+    p.add_argument("--steps", help=steps_help)
+    p.add_argument("--bins", type=int, default=20, help="equal-width timestep bins (default 20)")
+    p.add_argument("--samples", type=int, default=64, help="per-sample gradients per bin (default 64)")
+    p.add_argument("--weighting", default="none", help="loss weighting of the ε-MSE, e.g. vlb, min-snr (default none)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights (default: the training weights)")
+    p.set_defaults(func=_analyze_grad_variance)
+
+    p = kinds.add_parser("timestep-loss", help="ε-MSE per timestep bin on the test set, per checkpoint "
+                                               "(Kim et al. Fig. 2, bottom)")
+    common(p, "timestep_loss")
+    p.add_argument("--steps", help=steps_help)
+    p.add_argument("--bins", type=int, default=20, help="equal-width timestep bins (default 20)")
+    p.add_argument("--images", type=int, default=512, help="test images measured (default up to 512)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights (default: the training weights)")
+    p.set_defaults(func=_analyze_timestep_loss)
+
+    p = kinds.add_parser("interdependence", help="train on one band of timesteps from a checkpoint and measure the "
+                                                 "loss change on every band (Kim et al. Fig. 4)")
+    common(p, "interdependence")
+    p.add_argument("--step", type=int, help="the checkpoint to start from (default the latest)")
+    p.add_argument("--bands", type=int, default=10, help="equal-width timestep bands (default 10)")
+    p.add_argument("--train-steps", type=int, default=20, help="training steps on each band (default 20)")
+    p.add_argument("--batch-size", type=int, help="default: the run's batch size")
+    p.add_argument("--lr", type=float, help="default: the run's learning rate at the checkpoint")
+    p.add_argument("--weighting", default="none", help="loss weighting while training on a band (default none)")
+    p.add_argument("--images", type=int, default=512, help="test images measured (default up to 512)")
+    p.set_defaults(func=_analyze_interdependence)
+
+    p = kinds.add_parser("sampler-density", help="the sampler's timestep density over training, from "
+                                                 "RUN/sampler_density.jsonl (Kim et al. Fig. 5, 6)")
+    common(p, "sampler_density", checkpoints=False)
+    p.set_defaults(func=_analyze_sampler_density)
+
+
+def _bench(args) -> None:
+    from .bench import make_settings, run_bench
+
+    settings = make_settings(args.out, quick=args.quick, methods=args.methods, schedules=args.schedules,
+                             seeds=args.seeds, steps=args.steps, eval_every=args.eval_every, data=args.data,
+                             model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
+                             fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
+                             keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
+    result = run_bench(settings)
+    print(f"wrote {result['report']} ({result['records']} records; {result['trained']} runs trained, "
+          f"{result['resumed']} resumed, {result['skipped']} already finished; {result['total_seconds']:.0f} s)")
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="train a grid of methods x schedules x seeds and compare them "
+                                     "(bits/dim, FD, time-to-quality, plots)")
+    p.add_argument("--out", required=True, help="folder for runs/, results.json, summary.csv, report.md, *.png")
+    p.add_argument("--quick", action="store_true", help="uniform, min-snr, adaptive; linear; 2 seeds; 400 steps "
+                                                        "(a few minutes on 2 CPU cores)")
+    p.add_argument("--methods", help="comma-separated method presets (default: uniform, p2, min-snr, logit-normal, "
+                                     "speed, speed-2024, adaptive, adaptive-min-snr, adaptive-frozen, beta-0.95)")
+    p.add_argument("--schedules", help="comma-separated noise schedules (default linear,cosine,quad)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 per method and schedule (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 3000)")
+    p.add_argument("--eval-every", type=int, help="checkpoint, bits/dim and FD every N steps (default 500, --quick "
+                                                  "200; with only --steps, as many checkpoints as the preset)")
+    p.add_argument("--data", help="digits (default); other data need --inception for a sample-quality score")
+    p.add_argument("--model", help="UNet preset (default tiny)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--T", type=int, help="diffusion timesteps (default 1000)")
+    p.add_argument("--device", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--fd-samples", type=int, help="generated images per FD (default 1000; --quick 256)")
+    p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20)")
+    p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
+                                       "for FID; never downloaded")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every checkpoint (default: only each run's last, once scored)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timestep-sampling", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="images to average a data-conditioned sampler's pmf over")
     p.add_argument("--out", default="samplers.png")
     p.set_defaults(func=_plot_samplers)
+    _add_analyze_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 

@@ -41,6 +41,8 @@ class TrainConfig:
     max_bad_steps: int = 20
     # evaluation, samples, checkpoints, logs
     eval_every: int = 500
+    eval_exact_below: int = 20  # the estimate during training: every t below this exactly, then one t from
+    eval_strata: int = 80       # each of this many log-spaced strata above (bound.estimate_bpd)
     final_exact: bool = True
     num_samples: int = 64
     sample_every: int = 0
@@ -49,11 +51,12 @@ class TrainConfig:
     log_every: int = 50
 
     def validate(self) -> "TrainConfig":
-        positive = ["T", "steps", "batch_size", "log_every", "keep_checkpoints", "max_bad_steps"]
+        positive = ["T", "steps", "batch_size", "log_every", "keep_checkpoints", "max_bad_steps", "eval_strata"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ["lr", "warmup", "grad_clip", "eval_every", "checkpoint_every", "sample_every", "num_samples"]:
+        for name in ["lr", "warmup", "grad_clip", "eval_every", "checkpoint_every", "sample_every", "num_samples",
+                     "eval_exact_below"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.T <= 1:

@@ -59,14 +59,17 @@ def local_rank() -> int:
 
 
 def setup() -> None:
-    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on GPU);
-    nothing when run as a single plain process."""
+    """Join the process group that torchrun describes in the environment (gloo for CPU tensors, nccl for
+    GPU tensors: both where there is a GPU, so --device cpu works there too); nothing when run as a single
+    plain process."""
     import os
     if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank())
+    backend = "gloo"
+    if torch.cuda.is_available():
+        backend = "cpu:gloo,cuda:nccl"
+        if local_rank() < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)
 
 

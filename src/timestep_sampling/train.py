@@ -106,6 +106,7 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
         self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
+        self._logged_updates = getattr(self.sampler, "updates", None)
         if resume:
             self._resume()
         elif self.is_main:
@@ -130,6 +131,13 @@ class Trainer:
         if self.is_main:
             with open(self.out / name, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def log_sampler_update(self) -> None:
+        """One metrics line per policy update of a learning sampler: its α/β statistics, S, mean reward."""
+        updates = getattr(self.sampler, "updates", None)
+        if updates is not None and updates != self._logged_updates:
+            self._logged_updates = updates
+            self.log({"step": self.step, "sampler_update": updates, "sampler": self.sampler.last_stats})
 
     def log_density(self) -> None:
         """Append the sampler's current pmf over t (averaged over a fixed set of training images when it
@@ -176,6 +184,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.sampler.load_state_dict(state["sampler"])
+        self._logged_updates = getattr(self.sampler, "updates", None)
         self.step, self.train_seconds = state["step"], state["train_seconds"]
         self.skipped_total = state.get("skipped_total", 0)
         if self.is_main:  # forget log lines written after the checkpoint: they will be written again
@@ -232,6 +241,8 @@ class Trainer:
         kwargs = dict(bins=self.data.bins, variance=self.cfg.variance, seed=0)
         if exact:
             kwargs["progress"] = self.progress
+        else:
+            kwargs.update(exact_below=min(self.cfg.eval_exact_below, self.cfg.T), strata=self.cfg.eval_strata)
         # A rank whose shard is empty (more ranks than test images) still joins the all-reduce.
         mean = fn(model, self.schedule, self.test_x, **kwargs).total if len(self.test_x) else 0.0
         total = torch.tensor([mean * len(self.test_x), len(self.test_x)], dtype=torch.float64)
@@ -270,6 +281,7 @@ class Trainer:
             self.step += 1
             window_steps += 1
             bar.update(1)
+            self.log_sampler_update()
             if self.step % cfg.log_every == 0 and loss is not None:  # the same on every rank (skips are agreed)
                 # The loss of the global batch: the mean of the ranks' equal-sized batch means.
                 loss = torch.tensor([loss], dtype=torch.float64, device=self.device)
@@ -277,9 +289,6 @@ class Trainer:
                 rate = window_steps / (time.perf_counter() - window_start)
                 record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                           "steps_per_sec": rate, "train_seconds": self.train_seconds, "skipped": self.skipped_total}
-                stats = getattr(self.sampler, "last_stats", None)
-                if stats:
-                    record["sampler"] = stats
                 self.log(record)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 window_start, window_steps = time.perf_counter(), 0

@@ -61,7 +61,7 @@ MAPPINGS = ("round", "even")
 BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
 # Independent random streams, each derived from (seed, update index, stream[, rank]) so that nothing but
 # two counters has to be kept, resumed, or agreed on between ranks.
-_PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK = range(5)
+_PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK, _INIT = range(6)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,7 +264,11 @@ class AdaptiveSampler(TimestepSampler):
         return not self.conditioned
 
     def _build_policy(self, image_shape, device=None) -> None:
-        self.policy = make_policy(image_shape, self.conditioned, self.hidden_dim, self.hidden_depth).to(device)
+        # Initialised from the sampler's own seed, not the global RNG (which a trainer may seed per rank): every
+        # rank builds the same policy, whenever it first sees a batch, with no collective.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._stream(_INIT, updates=0).initial_seed())
+            self.policy = make_policy(image_shape, self.conditioned, self.hidden_dim, self.hidden_depth).to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
 
     def _ensure_policy(self, x0: torch.Tensor) -> None:

@@ -1,0 +1,289 @@
+"""The benchmark: Fréchet distance, the digit classifier, time-to-quality and paired comparisons on
+hand-made curves, and a tiny grid end to end (outputs, skipping finished runs, resuming, --inception)."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from timestep_sampling import bench, frechet
+from timestep_sampling import train as train_module
+from timestep_sampling.cli import main
+from timestep_sampling.data import load_data
+from timestep_sampling.errors import UserError
+from timestep_sampling.frechet import (TorchScriptFeatures, digits_with_labels, frechet_distance,
+                                       frechet_distance_features, train_digit_classifier)
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+def test_frechet_distance_of_one_dimensional_gaussians():
+    # ‖μ1 − μ2‖² + σ1² + σ2² − 2σ1σ2 = (μ1 − μ2)² + (σ1 − σ2)²
+    assert frechet_distance([1.0], [[4.0]], [-2.0], [[9.0]]) == pytest.approx(9 + 1)
+
+
+def test_frechet_distance_of_diagonal_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected)
+
+
+def test_frechet_distance_matches_the_sqrtm_formula_on_full_covariances():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    s1, s2 = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    # a rotated copy of the same Gaussian: only the mean moves it
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    assert frechet_distance(mu1, s1, mu1, q @ s1 @ q.T) > 0
+    assert frechet_distance(mu1, s1, mu1 + 1, s1) == pytest.approx(5.0, abs=1e-9)
+
+
+def test_identical_feature_sets_give_zero_even_when_rank_deficient():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(20, 64))  # 20 samples in 64 dimensions: a singular covariance
+    assert frechet_distance_features(f, f.copy()) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_from_samples_approaches_the_closed_form():
+    rng = np.random.default_rng(2)
+    f1 = rng.normal(loc=0.0, scale=1.0, size=(200_000, 2))
+    f2 = rng.normal(loc=[1.0, 0.0], scale=[2.0, 1.0], size=(200_000, 2))
+    assert frechet_distance_features(f1, f2) == pytest.approx(1 + 1, abs=0.05)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(UserError, match="mismatched"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+# ----------------------------------------------------------------------------- digit classifier
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+    """The digit classifier trained once (the bench's default recipe) into a cache folder."""
+    cache = tmp_path_factory.mktemp("classifier")
+    frechet.load_or_train_digit_classifier(cache)
+    return cache
+
+
+def test_labelled_digits_are_the_trainers_split():
+    x_train, y_train, x_test, y_test = digits_with_labels()
+    data = load_data("digits")
+    assert torch.equal(x_train, data.train) and torch.equal(x_test, data.test)
+    assert len(y_train) == 1500 and len(y_test) == 297 and set(y_test.tolist()) == set(range(10))
+
+
+def test_classifier_training_is_deterministic():
+    a, _ = train_digit_classifier(seed=3, epochs=1)
+    b, _ = train_digit_classifier(seed=3, epochs=1)
+    c, _ = train_digit_classifier(seed=4, epochs=1)
+    same = [torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())]
+    assert all(same)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_classifier_is_accurate_and_cached(classifier_cache):
+    model, info = frechet.load_or_train_digit_classifier(classifier_cache)
+    assert info["cached"] and info["test_accuracy"] > 0.95  # measured: 99.0% on the 297 test digits
+    _, _, x_test, y_test = digits_with_labels()
+    assert frechet.accuracy(model, x_test, y_test) == pytest.approx(info["test_accuracy"])
+
+
+# ----------------------------------------------------------------------------- time-to-quality, paired comparison
+
+def records_from(curves: dict, schedule="linear", seconds_per_step=0.1):
+    """curves: {(method, seed): [values at steps 0, 100, 200, ...]} → bench records."""
+    out = []
+    for (method, seed), values in curves.items():
+        for i, v in enumerate(values):
+            out.append({"method": method, "schedule": schedule, "seed": seed, "step": 100 * i,
+                        "train_seconds": 100 * i * seconds_per_step * (2 if method == "slow" else 1),
+                        "test_bpd": v, "bpd_method": "estimate", "test_bpd_estimate": v, "fd": None})
+    return out
+
+
+def test_time_to_target_finds_the_first_checkpoint_at_or_below():
+    assert bench.time_to_target([0, 1, 2, 3], [0, 10, 20, 30], [5, 4, 3, 2], 3.0) == (2, 20)
+    assert bench.time_to_target([0, 1, 2], [0, 10, 20], [5, 4, 3.5], 3.0) is None
+    assert bench.time_to_target([0, 1, 2], [0, 10, 20], [5, None, 2], 3.0) == (2, 20)
+
+
+def test_time_to_quality_reached_not_reached_and_ratio():
+    records = records_from({
+        ("uniform", 0): [6, 5, 4, 3, 2], ("uniform", 1): [6, 5, 4, 3, 2],  # target: 2 at step 400
+        ("fast", 0): [6, 4, 2, 1.5, 1.0], ("fast", 1): [6, 4, 2.2, 1.5, 1.0],  # mean 2.1 at 200, 1.5 at 300
+        ("never", 0): [6, 5, 4, 3, 2.5], ("never", 1): [6, 5, 4, 3, 1.9],  # mean 2.2 at the end
+        ("slow", 0): [6, 5, 4, 3, 2], ("slow", 1): [6, 5, 4, 3, 2],  # same steps, twice the seconds
+    })
+    rows = {r["method"]: r for r in bench.time_to_quality(records, "test_bpd_estimate")}
+    assert rows["uniform"]["reached"] and rows["uniform"]["steps"] == 400 and rows["uniform"]["speedup_steps"] == 1
+    assert rows["fast"]["steps"] == 300 and rows["fast"]["speedup_steps"] == pytest.approx(400 / 300)
+    assert rows["fast"]["speedup_seconds"] == pytest.approx(40 / 30)
+    assert not rows["never"]["reached"] and rows["never"]["speedup_steps"] is None and rows["never"]["steps"] is None
+    assert rows["slow"]["speedup_steps"] == 1 and rows["slow"]["speedup_seconds"] == pytest.approx(0.5)
+    table = bench.ttq_table(list(rows.values()), "test_bpd_estimate")
+    never_line = next(line for line in table.splitlines() if "| never |" in line)
+    assert "not reached" in never_line and "×" not in never_line  # never a speed-up for a method that missed
+
+
+def test_time_to_quality_needs_the_baseline():
+    records = records_from({("fast", 0): [6, 4, 2]})
+    assert bench.time_to_quality(records, "test_bpd_estimate") == []
+    assert "needs" in bench.ttq_table([], "test_bpd_estimate")
+
+
+def test_paired_verdicts():
+    assert bench.verdict([-1.0, -1.1, -0.9], spread=0.2) == "better beyond seed spread"
+    assert bench.verdict([-0.10, -0.11, -0.09], spread=0.5) == "better on every seed (paired), within seed spread"
+    assert bench.verdict([-1.0, 0.5, -0.2], spread=0.1) == "no consistent difference"
+    assert bench.verdict([0.5, 0.6], spread=0.1) == "worse beyond seed spread"
+    assert bench.verdict([-1.0], spread=0.0).startswith("one seed")
+
+
+def test_paired_comparison_pairs_by_seed_at_the_final_step():
+    records = records_from({("uniform", 0): [6, 3.0], ("uniform", 1): [6, 4.0],
+                            ("better", 0): [6, 2.9], ("better", 1): [6, 3.9]})
+    (row,) = bench.paired_comparison(records, "test_bpd")
+    assert row["diffs"] == pytest.approx([-0.1, -0.1]) and row["better_seeds"] == 2
+    # consistent on both seeds, but the seeds themselves differ by 0.7: within seed spread
+    assert row["verdict"] == "better on every seed (paired), within seed spread"
+
+
+# ----------------------------------------------------------------------------- the grid end to end
+
+def tiny_settings(out, **overrides):
+    options = dict(methods="uniform", schedules="linear", seeds=1, steps=10, eval_every=5, T=10, batch_size=16,
+                   fd_samples=32, ddim_steps=3, device="cpu", progress=False, warmup=2, ema_decay=0.9)
+    options.update(overrides)
+    return bench.make_settings(out, **options)
+
+
+def stand_in_network(path, with_flag=True):
+    """A tiny TorchScript 'Inception': 0..255 RGB images → 12 pooled features."""
+    class WithFlag(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            f = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 2).flatten(1)
+            return f if return_features else f.sum(1, keepdim=True)
+
+    class Plain(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 2).flatten(1)
+
+    torch.jit.save(torch.jit.script(WithFlag() if with_flag else Plain()), str(path))
+    return path
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+
+
+def test_torchscript_features_stand_in(tmp_path):
+    x = load_data("digits").test
+    for flag in (True, False):
+        net = TorchScriptFeatures(stand_in_network(tmp_path / f"net{flag}.pt", flag), bins=17)
+        f = net(x)
+        assert f.shape == (len(x), 12)
+        assert frechet_distance_features(f, net(x.clone())) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(UserError, match="TorchScript"):
+        TorchScriptFeatures(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a network")
+    with pytest.raises(UserError, match="TorchScript"):
+        TorchScriptFeatures(tmp_path / "junk.pt")
+
+
+def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypatch):
+    out = tmp_path / "bench"
+    shutil.copytree(classifier_cache, out / "classifier")
+    inception = stand_in_network(tmp_path / "inception.pt")
+    settings = tiny_settings(out, inception=str(inception), final_exact=True)
+
+    original = train_module.Trainer.train_step
+
+    def crash_at_7(self):
+        if self.step == 7:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", crash_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(settings)
+    monkeypatch.setattr(train_module.Trainer, "train_step", original)
+    first = bench.run_bench(settings)
+    assert first["resumed"] == 1 and first["trained"] == 0
+
+    run = out / "runs" / "uniform__linear__s0"
+    results = json.loads((out / "results.json").read_text())
+    records = results["records"]
+    assert [r["step"] for r in records] == [0, 5, 10]
+    for r in records:
+        assert {"method", "schedule", "seed", "step", "train_seconds", "test_bpd", "fd", "fid"} <= set(r)
+    assert records[0]["fd"] is None and all(r["fd"] > 0 and r["fid"] >= 0 for r in records[1:])
+    assert records[-1]["bpd_method"] == "exact"
+    # with T = 10 the estimate computes every term exactly, with the same noise as the exact bound
+    assert records[-1]["test_bpd_estimate"] == pytest.approx(records[-1]["test_bpd"], rel=1e-9)
+    assert results["classifier"]["cached"] and results["classifier"]["test_accuracy"] > 0.95
+    for name in ("summary.csv", "results.csv", "time_to_quality.csv", "paired.csv"):
+        assert (out / name).stat().st_size > 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["step"] for r in rows} == {"0", "5", "10"} and "fd_mean" in rows[0] and "test_bpd_mean" in rows[0]
+    report = (out / "report.md").read_text()
+    assert "Test bits/dim" in report and "99.0%" in report and "linear 10 (exact)" in report
+    assert (out / "curves_fd.png").stat().st_size > 0 and (out / "curves_fid.png").stat().st_size > 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]  # scored ones pruned, last kept
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_module, "train", must_not_train)
+    metrics_before = (run / "metrics.jsonl").read_text()
+    second = bench.run_bench(settings)
+    assert second["skipped"] == 1 and second["trained"] == second["resumed"] == 0
+    assert (run / "metrics.jsonl").read_text() == metrics_before
+    assert json.loads((out / "results.json").read_text())["records"] == records
+
+
+def test_a_run_folder_with_other_settings_is_refused_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    old = bench.run_config(tiny_settings(out, steps=4, eval_every=4), "uniform", "linear", 0)
+    Path(old.out).mkdir(parents=True)
+    old.save(Path(old.out) / "config.json")
+    assert bench.run_state(old) == "new"  # a config but no checkpoint: start again
+    new_settings = tiny_settings(out, steps=6, eval_every=3)
+    with pytest.raises(UserError, match="steps: 4 -> 6"):
+        bench.run_state(bench.run_config(new_settings, "uniform", "linear", 0))
+    monkeypatch.setattr(bench, "build_scorers", lambda *a: pytest.fail("work started"))
+    with pytest.raises(UserError, match="use another --out"):
+        bench.run_bench(new_settings)
+
+
+def test_estimate_checkpoint_reproduces_the_trainers_estimate(tmp_path):
+    from timestep_sampling.checkpoint import latest_checkpoint
+    from timestep_sampling.config import make_config
+
+    cfg = make_config(out=str(tmp_path / "run"), steps=3, T=50, batch_size=8, eval_every=0, final_exact=False,
+                      num_samples=0, eval_exact_below=2, eval_strata=4, device="cpu", warmup=1)
+    logged = train_module.train(cfg, progress=False)["test_bpd"]
+    assert bench.estimate_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"), cfg, "cpu") == \
+        pytest.approx(logged, rel=1e-6)
+
+
+@pytest.mark.parametrize("option, bad, expected", [("methods", "uniform,unifrom", "valid choices: adaptive"),
+                                                   ("schedules", "linear,cosinus", "valid choices: cosine")])
+def test_unknown_names_are_user_errors_listing_the_valid_ones(tmp_path, option, bad, expected):
+    with pytest.raises(UserError, match=expected):
+        bench.make_settings(tmp_path, **{option: bad})
+
+
+def test_cli_bench_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "b"), "--methods", "uniform,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown method 'bogus'") and "valid choices" in err and err.count("\n") == 1
+    assert main(["bench", "--out", str(tmp_path / "b"), "--inception", str(tmp_path / "none.pt")]) == 2
+    assert "nothing is downloaded" in capsys.readouterr().err
