@@ -237,6 +237,11 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     assert "Test bits/dim" in report and "99.0%" in report and "linear 10 (exact)" in report
     assert (out / "curves_fd.png").stat().st_size > 0 and (out / "curves_fid.png").stat().st_size > 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]  # scored ones pruned, last kept
+    final = records[-1]
+    assert first["headline"].splitlines() == [  # what the terminal shows
+        "linear, step 10 (mean ± std over seeds; lower is better):",
+        f"  uniform            bits/dim {final['test_bpd']:.3f} ± 0.000; FD {final['fd']:.1f} ± 0.0; "
+        f"FID {final['fid']:.1f} ± 0.0"]
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

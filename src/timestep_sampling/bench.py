@@ -601,6 +601,27 @@ def paired_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(summary: list[dict], paired: list[dict]) -> str:
+    """The final checkpoint of every method, per schedule, as plain text for the terminal: mean ± std
+    over seeds of each metric, and the paired verdict against the baseline."""
+    verdicts = {(r["schedule"], r["method"], r["metric"]): r["verdict"] for r in paired}
+    lines = []
+    for schedule in dict.fromkeys(r["schedule"] for r in summary):
+        rows = [r for r in summary if r["schedule"] == schedule]
+        last = max(r["step"] for r in rows)
+        lines.append(f"{schedule}, step {last} (mean ± std over seeds; lower is better):")
+        for r in (r for r in rows if r["step"] == last):
+            cells = []
+            for metric, label in (("test_bpd", "bits/dim"), ("fd", "FD"), ("fid", "FID")):
+                if r.get(f"{metric}_mean") is not None:
+                    d = _digits(metric)
+                    v = verdicts.get((schedule, r["method"], metric))
+                    cells.append(f"{label} {r[f'{metric}_mean']:.{d}f} ± {r[f'{metric}_std']:.{d}f}"
+                                 + (f" ({v})" if v else ""))
+            lines.append(f"  {r['method']:<18} " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -802,4 +823,4 @@ def run_bench(settings: BenchSettings) -> dict:
     write_csv(out / "paired.csv", paired)
     report = write_report(settings, records, summary, ttq, paired, costs, classifier, plots, out)
     return {"report": report, "plots": plots, "records": len(records), **counts,
-            "total_seconds": costs["total_seconds"]}
+            "total_seconds": costs["total_seconds"], "headline": headline(summary, paired)}

@@ -149,6 +149,7 @@ def _bench(args) -> None:
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
+    print(result["headline"])
     print(f"wrote {result['report']} ({result['records']} records; {result['trained']} runs trained, "
           f"{result['resumed']} resumed, {result['skipped']} already finished; {result['total_seconds']:.0f} s)")
 
