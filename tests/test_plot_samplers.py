@@ -71,3 +71,16 @@ def test_library_import_does_not_need_matplotlib():
     code = ("import sys, timestep_sampling, timestep_sampling.methods, timestep_sampling.plotting; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_density_heatmap_range_ignores_the_half_mass_end_timesteps(tmp_path):
+    from timestep_sampling.plotting import density_colour_range, plot_density_over_training
+
+    rounded = torch.ones(2, 10) * torch.tensor([0.5] + [1.0] * 8 + [0.5])  # p(t)·T under round(u (T-1))
+    rounded[1, 3], rounded[1, 4] = 2.5, 0.8
+    assert density_colour_range(rounded.numpy()) == 2.5           # set by the interior, not by 1/0.5 = 2
+    assert density_colour_range(torch.ones(1, 10).numpy()) == 1.5  # a floor, so uniform is not all one colour
+    rounded[1, 3] = 1.2
+    assert density_colour_range(rounded.numpy()) == 1.5
+    path = plot_density_over_training([0, 10], (rounded / 10).tolist(), tmp_path / "d.png", title="t")
+    assert Image.open(path).size[0] > 0

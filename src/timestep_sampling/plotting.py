@@ -101,6 +101,20 @@ def plot_samplers(schedule: NoiseSchedule, methods: list[str], out_path, predict
     return labels
 
 
+def density_colour_range(relative) -> float:
+    """The heatmap's colour range [1/spread, spread] for p(t)·T, at least [2/3, 1.5]. It comes from the
+    interior timesteps: rounding u·(T-1) gives t = 0 and t = T-1 half the mass of their neighbours, and
+    those two columns alone would otherwise set the range and wash out the picture."""
+    import numpy as np
+
+    relative = np.asarray(relative, dtype=np.float64)
+    interior = relative[:, 1:-1] if relative.shape[1] > 2 else relative
+    positive = interior[interior > 0]
+    if positive.size == 0:
+        return 1.5
+    return float(max(positive.max(), 1 / positive.min(), 1.5))
+
+
 def plot_density_over_training(steps, densities, out_path, title: str | None = None, dpi: int = 100) -> Path:
     """Write a PNG of a sampler's timestep density over training (the seed paper's Fig. 5 and 6): left,
     a heatmap of p(t)·T (1 = uniform) with training step on the vertical axis; right, the density at
@@ -116,10 +130,10 @@ def plot_density_over_training(steps, densities, out_path, title: str | None = N
     T = relative.shape[1]
     fig = Figure(figsize=(12, 4.5), dpi=dpi, layout="constrained")
     heat, lines = fig.subplots(1, 2, width_ratios=(3, 2))
-    positive = relative[relative > 0]
-    spread = max(positive.max() if positive.size else 1.0, 1 / positive.min() if positive.size else 1.0, 1.5)
-    # Symmetric around 1 on a log scale, so "twice as likely as uniform" and "half as likely" look alike.
-    norm = LogNorm(vmin=1 / spread, vmax=spread)
+    spread = density_colour_range(relative)
+    # Symmetric around 1 on a log scale, so "twice as likely as uniform" and "half as likely" look alike;
+    # values outside it take the end colours.
+    norm = LogNorm(vmin=1 / spread, vmax=spread, clip=True)
     edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]])
     mesh = heat.pcolormesh(np.arange(T + 1) - 0.5, edges, np.clip(relative, 1 / spread, None), norm=norm,
                            cmap="RdBu_r", shading="flat")
