@@ -333,7 +333,8 @@ class AdaptiveSampler(TimestepSampler):
         batch_size = _positive_int(batch_size, "batch_size")
         device = check_device(device)
         policy_input = self._policy_input(x0, batch_size)
-        alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
+        with torch.no_grad():  # the update recomputes the log-probabilities it differentiates
+            alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
         generator = generator if generator is not None else self._generator
         v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
         u = beta_icdf(alpha, beta, v).clamp(self.eps, 1 - self.eps)
