@@ -103,23 +103,25 @@ def _add_analyze_parser(sub) -> None:
             p.add_argument("--device", default="cpu")
             p.add_argument("--no-progress", action="store_true")
 
+    def per_checkpoint(p):
+        """The options of the analyses that measure every chosen checkpoint in timestep bins."""
+        p.add_argument("--steps", help=steps_help)
+        p.add_argument("--bins", type=int, default=20, help="equal-width timestep bins (default 20)")
+        p.add_argument("--ema", action="store_true", help="use the EMA weights (default: the training weights)")
+
     p = kinds.add_parser("grad-variance", help="variance of the stochastic gradient per timestep bin, per "
                                                "checkpoint (Kim et al. Fig. 2, top)")
     common(p, "grad_variance")
-    p.add_argument("--steps", help=steps_help)
-    p.add_argument("--bins", type=int, default=20, help="equal-width timestep bins (default 20)")
+    per_checkpoint(p)
     p.add_argument("--samples", type=int, default=64, help="per-sample gradients per bin (default 64)")
     p.add_argument("--weighting", default="none", help="loss weighting of the ε-MSE, e.g. vlb, min-snr (default none)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights (default: the training weights)")
     p.set_defaults(func=_analyze_grad_variance)
 
     p = kinds.add_parser("timestep-loss", help="ε-MSE per timestep bin on the test set, per checkpoint "
                                                "(Kim et al. Fig. 2, bottom)")
     common(p, "timestep_loss")
-    p.add_argument("--steps", help=steps_help)
-    p.add_argument("--bins", type=int, default=20, help="equal-width timestep bins (default 20)")
+    per_checkpoint(p)
     p.add_argument("--images", type=int, default=512, help="test images measured (default up to 512)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights (default: the training weights)")
     p.set_defaults(func=_analyze_timestep_loss)
 
     p = kinds.add_parser("interdependence", help="train on one band of timesteps from a checkpoint and measure the "
