@@ -656,7 +656,10 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
               "training seconds (`train_seconds`: the time inside training steps, no evaluation), and the speed-up "
               "= uniform's steps (seconds) to that target / the method's. Resolution: one checkpoint interval. "
               "On bits/dim it compares stratified estimates throughout, the final step included, so target and "
-              "curve are measured alike. No speed-up is given for a method that never reached the target.",
+              "curve are measured alike. No speed-up is given for a method that never reached the target. The "
+              "runs are made one after another, so on a shared machine the seconds carry its changing load as "
+              "well as each method's own cost: where a method reaches the target at the same step as uniform, "
+              "its seconds speed-up is load, not method; the cost table below shows the steps/s behind it.",
               "- **Honesty**: per seed, the difference method − uniform at the final checkpoint (same seed: same "
               "initial weights and data order). A difference is *consistent* when every seed's difference has the "
               "same sign and the mean exceeds twice its standard error; the verdict says *beyond seed spread* when "
