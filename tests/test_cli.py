@@ -31,12 +31,13 @@ def files(tmp):
     """Inputs that rows refer to by name, made in the test's own folder."""
     np.savez(tmp / "flat.npz", images=np.zeros((10, 64), np.float32))
     np.savez(tmp / "range.npz", images=np.full((10, 8, 8), 300.0, np.float32))
+    np.savez(tmp / "strings.npz", images=np.full((10, 8, 8), "a"))
     (tmp / "empty").mkdir()
     (tmp / "broken").mkdir()
     (tmp / "broken" / "a.png").write_bytes(b"not a png")
     (tmp / "afile").write_text("x")
     return {
-        "flat": str(tmp / "flat.npz"), "range": str(tmp / "range.npz"), "empty": str(tmp / "empty"),
+        "flat": str(tmp / "flat.npz"), "range": str(tmp / "range.npz"), "strings": str(tmp / "strings.npz"), "empty": str(tmp / "empty"),
         "broken": str(tmp / "broken"), "afile": str(tmp / "afile"),
         "typo_key": write(tmp / "typo.json", json.dumps({"stepz": 5})),
         "bad_type": write(tmp / "type.json", json.dumps({"lr": "fast"})),
@@ -65,6 +66,7 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("missing data path", T_ARGS + ["--data", "/no/such/place"], "/no/such/place"),
     ("flat npz", T_ARGS + ["--data", "{flat}"], "flat.npz"),
     ("npz out of range", T_ARGS + ["--data", "{range}"], "range"),
+    ("npz of strings", T_ARGS + ["--data", "{strings}"], "dtype <U1; expected uint8"),
     ("empty folder", T_ARGS + ["--data", "{empty}"], "empty"),
     ("unreadable image", T_ARGS + ["--data", "{broken}"], "a.png"),
     ("config key typo", T_ARGS + ["--config", "{typo_key}"], "unknown config key 'stepz' (did you mean 'steps'?)"),
@@ -75,6 +77,10 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
     ("resume without a checkpoint", T_ARGS + ["--out", "{empty}", "--resume"], "no checkpoint"),
     ("resume with another T", ["train", "--out", "{run}", "--resume", "--T", "60", "--no-progress"], "T"),
+    ("resume with another schedule", ["train", "--out", "{run}", "--resume", "--T", "50", "--schedule", "cosine",
+                                      "--no-progress"], "schedule='linear' but this run has schedule='cosine'"),
+    ("resume with another model", ["train", "--out", "{run}", "--resume", "--T", "50", "--model", "small",
+                                   "--no-progress"], "model='tiny' but this run has model='small'"),
     ("evaluate nothing", ["evaluate", "--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
     ("sample zero images", ["sample", "--checkpoint", "{run}", "--num", "0", "--out", "x.png"], "--num must be >= 1"),
     ("unknown sampling method", ["sample", "--checkpoint", "{run}", "--method", "euler", "--out", "{empty}/x.png",
