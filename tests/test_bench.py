@@ -140,6 +140,18 @@ def test_time_to_quality_needs_the_baseline():
     assert "needs" in bench.ttq_table([], "test_bpd_estimate")
 
 
+def test_headline_warns_when_the_adaptive_sampler_runs_without_its_control():
+    def row(method):
+        return {"method": method, "schedule": "linear", "step": 10, "test_bpd_mean": 3.0, "test_bpd_std": 0.01}
+
+    paired = [{"schedule": "linear", "method": "adaptive", "metric": "test_bpd", "verdict": "better beyond seed spread"}]
+    text = bench.headline([row("uniform"), row("adaptive")], paired)
+    assert "adaptive           bits/dim 3.000 ± 0.010 (better beyond seed spread)" in text
+    assert "no adaptive-frozen control" in text
+    assert "control" not in bench.headline([row("uniform"), row("adaptive"), row("adaptive-frozen")], paired)
+    assert "control" not in bench.headline([row("uniform"), row("speed")], [])
+
+
 def test_paired_verdicts():
     assert bench.verdict([-1.0, -1.1, -0.9], spread=0.2) == "better beyond seed spread"
     assert bench.verdict([-0.10, -0.11, -0.09], spread=0.5) == "better on every seed (paired), within seed spread"

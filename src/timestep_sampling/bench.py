@@ -619,6 +619,10 @@ def headline(summary: list[dict], paired: list[dict]) -> str:
                     cells.append(f"{label} {r[f'{metric}_mean']:.{d}f} ± {r[f'{metric}_std']:.{d}f}"
                                  + (f" ({v})" if v else ""))
             lines.append(f"  {r['method']:<18} " + "; ".join(cells))
+    methods = {r["method"] for r in summary}
+    if any(m.startswith("adaptive") for m in methods) and "adaptive-frozen" not in methods:
+        lines.append("  (no adaptive-frozen control in this run: a gain of the adaptive sampler may come from its "
+                     "starting distribution rather than from learning; add --methods ...,adaptive-frozen)")
     return "\n".join(lines)
 
 
