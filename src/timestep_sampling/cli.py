@@ -50,8 +50,12 @@ def _plot_samplers(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _analysis_out(args) -> str:
+    return args.out or f"{args.run.rstrip('/')}/analysis"
+
+
 def _analysis_args(args) -> dict:
-    return {"out": args.out or f"{args.run.rstrip('/')}/analysis", "seed": args.seed, "data": args.data,
+    return {"out": _analysis_out(args), "seed": args.seed, "data": args.data,
             "device": args.device, "progress": not args.no_progress}
 
 
@@ -83,7 +87,7 @@ def _analyze_interdependence(args) -> None:
 def _analyze_sampler_density(args) -> None:
     from .analysis import sampler_density
 
-    r = sampler_density(args.run, args.out or f"{args.run.rstrip('/')}/analysis")
+    r = sampler_density(args.run, _analysis_out(args))
     print(f"wrote {r['png']} and {r['json']}")
 
 
