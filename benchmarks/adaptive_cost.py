@@ -71,13 +71,16 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------------
 
 
-UPDATE_CONFIGS = {  # what an update step does: |S| reward probes per sample, and the scan
-    "|S|=3, full scan (defaults)": {},
-    "|S|=1, full scan": {"subset_size": 1},
-    "|S|=10, full scan": {"subset_size": 10},
+UPDATE_CONFIGS = {  # what an update step does: |S| reward probes per sample, the scan, the probe passes
+    "|S|=3, scan=50 (defaults)": {},
+    "|S|=1, scan=50": {"subset_size": 1},
+    "|S|=10, scan=50": {"subset_size": 10},
     "|S|=3, scan=100": {"scan": 100},
-    "|S|=3, scan=50": {"scan": 50},
+    "|S|=3, full scan (the paper's)": {"scan": None},
+    "|S|=3, scan=50, one probe pass": {"probe_batch": 10**6},
+    "|S|=3, full scan, one probe pass": {"scan": None, "probe_batch": 10**6},
 }
+CIFAR_CONFIGS = ("|S|=3, scan=50 (defaults)", "|S|=3, full scan (the paper's)", "|S|=3, scan=50, one probe pass")
 KS = (10, 20, 40, 80)
 
 
@@ -134,7 +137,7 @@ def cifar_cost(pairs: int, reps: int) -> None:
     schedule = NoiseSchedule("linear", T=1000)
     torch.manual_seed(0)
     trainer = Trainer(make_unet(32, 3, "small"), schedule, torch.rand(256, 3, 32, 32) * 2 - 1, batch_size=32)
-    configs = {k: UPDATE_CONFIGS[k] for k in ("|S|=3, full scan (defaults)", "|S|=3, scan=100", "|S|=3, scan=50")}
+    configs = {k: UPDATE_CONFIGS[k] for k in CIFAR_CONFIGS}
     decomposed_cost("32x32, make_unet(32, 3, 'small'), batch 32, T=1000", trainer, schedule, pairs, reps, configs)
 
 
@@ -150,7 +153,7 @@ def collect_scan_rows(rows: int, K: int = 5, batch_size: int = 32, pretrain: int
     uniform = make_sampler("uniform", schedule)
     for _ in range(pretrain):
         trainer.step(uniform)
-    sampler = make_sampler("adaptive", schedule, bins=17, update_every=K)
+    sampler = make_sampler("adaptive", schedule, bins=17, update_every=K, scan=None)
     features, targets = [], []
     while len(features) < rows:
         trainer.step(sampler)

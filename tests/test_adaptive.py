@@ -236,7 +236,7 @@ def test_queue_selects_nothing_before_three_rows_then_by_f_statistic():
 
 def test_subset_stays_initial_until_the_queue_has_three_rows():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17)
+    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17, scan=None)
     model = BandX0Model(schedule, [1.0, 1.0, -1.0, 1.0, 1.0])  # only band [40, 60) can improve
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x0 = torch.ones(64, 1, 2, 2, dtype=torch.float64)
@@ -321,7 +321,8 @@ def test_policy_mass_moves_into_the_band_where_updates_lower_the_bound():
     assert abs(control - initial) < 0.02, results
 
 
-def test_only_update_steps_call_the_model_and_each_probe_is_one_forward_pass():
+@pytest.mark.parametrize("probe_batch", [None, 200])
+def test_only_update_steps_call_the_model_and_probes_run_in_passes_of_probe_batch(probe_batch):
     schedule = NoiseSchedule("linear", T=100)
     calls = []
 
@@ -332,13 +333,15 @@ def test_only_update_steps_call_the_model_and_each_probe_is_one_forward_pass():
 
     model, x0 = Counting(100), digits(8)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    sampler = AdaptiveSampler(schedule, update_every=3, subset_size=2, bins=17)
+    sampler = AdaptiveSampler(schedule, update_every=3, subset_size=2, bins=17, probe_batch=probe_batch)
+    # B|S| reward probes and the default scan's 50: one pass of 66, or passes of 2B = 16
+    probe = [(8 * 2 + 50, False)] if probe_batch else [(16, False)] * 4 + [(2, False)]
     g = torch.Generator().manual_seed(0)
     for step in range(6):
         calls.clear()
         train_step(sampler, model, opt, schedule, x0, g)
         if step % 3 == 0:  # before, the training forward, after
-            assert calls == [(8 * 2 + 100, False), (8, True), (8 * 2 + 100, False)]
+            assert calls == probe + [(8, True)] + probe
         else:
             assert calls == [(8, True)]
     assert sampler.updates == 2 and sampler.step == 6
@@ -437,8 +440,25 @@ def test_stratified_scan_probes_one_timestep_per_stratum():
         seen.update(probed)
         assert sampler.queue.rows[-1][0].shape == (10,)
     assert len(seen) > 3  # a fresh t per stratum each update
-    full = AdaptiveSampler(schedule, scan=100)
-    assert full.edges.tolist() == list(range(101))  # n = T is the full scan
+    for scan in (None, 100, 5000):  # n >= T is the full scan
+        full = AdaptiveSampler(schedule, scan=scan)
+        assert full.scan is None and full.edges.tolist() == list(range(101))
+    default = AdaptiveSampler(NoiseSchedule("linear", T=1000))
+    assert default.scan == 50 and default.edges.tolist() == list(range(0, 1001, 20))
+
+
+def test_probes_in_chunks_measure_what_one_pass_measures():
+    schedule = NoiseSchedule("linear", T=100)
+    rows = []
+    for probe_batch in (1000, None, 7):  # 34 probes in one pass, in passes of 2B = 16, of 7
+        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17, probe_batch=probe_batch)
+        torch.manual_seed(0)
+        model, x0 = ConvEps(100), digits(8)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        train_step(sampler, model, opt, schedule, x0, torch.Generator().manual_seed(0))
+        rows.append((sampler.queue.rows[-1][0], sampler.last_rewards))
+    for other in rows[1:]:
+        torch.testing.assert_close(other, rows[0], rtol=1e-5, atol=1e-8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -512,7 +532,7 @@ def test_state_from_another_scan_is_refused():
 @pytest.mark.parametrize("spec", [
     "adaptive:update_every=0", "adaptive:queue_size=1", "adaptive:subset_size=0", "adaptive:subset_size=101",
     "adaptive:lr=-1", "adaptive:entropy_coef=-0.1", "adaptive:grad_clip=0", "adaptive:mapping=floor",
-    "adaptive:scan=2", "adaptive:scan=101", "adaptive:bins=1", "adaptive:variance=learned", "adaptive:eps=0.7",
+    "adaptive:scan=2", "adaptive:scan=0", "adaptive:probe_batch=0", "adaptive:bins=1", "adaptive:variance=learned", "adaptive:eps=0.7",
     "adaptive:seed=-1", "adaptive:image_shape=(1,8)", "adaptive:conditioned=yes", "adaptive:common_noise=1",
     "adaptive:update_every=2.5", "adaptive:lr=nan", "adaptive:queue=5",
 ])

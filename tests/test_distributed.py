@@ -134,7 +134,7 @@ def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
     assert_identical(shared(a["sampler"]), shared(b["sampler"]), "sampler")
     if sampler == "adaptive":  # 3 updates (observe steps 0, 5, 10): one queue and one S on both ranks
         assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
-        assert a["sampler"]["queue"]["features"].shape == (3, 100)
+        assert a["sampler"]["queue"]["features"].shape == (3, 50)  # the default scan: 50 strata of T = 100
         assert torch.equal(a["sampler"]["queue"]["features"], b["sampler"]["queue"]["features"])
         assert a["sampler"]["subset"] == b["sampler"]["subset"]
     if sampler == "loss-second-moment":  # each rank holds the losses of the whole global batch
