@@ -14,7 +14,7 @@ from timestep_sampling import NoiseSchedule, UserError, make_sampler
 from timestep_sampling.diffusion import mse_per_sample, vlb_terms
 from timestep_sampling.samplers.adaptive import AdaptiveSampler, beta_pmf, u_to_t
 from timestep_sampling.samplers.feature_selection import ChangeQueue, f_statistic, top_k
-from timestep_sampling.samplers.policy import ConvPolicy, GlobalPolicy, MLPPolicy, make_policy
+from timestep_sampling.samplers.policy import ConvPolicy, GlobalPolicy, MaxPool2x2, MLPPolicy, make_policy
 from multiproc import run_ranks
 
 INIT = float(nn.functional.softplus(torch.tensor(0.5))) + 1e-5  # ≈ 0.974
@@ -117,6 +117,17 @@ def test_policy_matches_the_reference_layout_at_32x32():
     assert policy.head[0].in_features == 128 * 4 * 4  # 32 → 16 → 8 → 4, as the reference network
     assert [m.out_channels for m in policy.features if isinstance(m, nn.Conv2d)] == [32, 64, 128]
     assert [m.out_features for m in policy.head if isinstance(m, nn.Linear)] == [256, 256, 2]
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 8, 8), (3, 4, 7, 5), (2, 2, 1, 1)])
+def test_policy_pooling_is_max_pool_with_ceil_mode(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    reference = nn.MaxPool2d(2, ceil_mode=True)(x)
+    ours = MaxPool2x2()(x)
+    assert torch.equal(ours, reference)
+    grad = torch.randn(reference.shape, generator=torch.Generator().manual_seed(1))
+    expected, = torch.autograd.grad(reference, x, grad)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], expected)
 
 
 @pytest.mark.parametrize("alpha, beta", [(1e-5, 1e-5), (1e-5, 1e4), (1e4, 1e-5), (1e4, 1e4), (1e4, 1e4 * 0.5)])

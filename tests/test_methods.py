@@ -18,7 +18,8 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["adaptive-min-snr"] == ("adaptive", "min-snr")
     assert METHODS["adaptive-frozen"] == ("adaptive:lr=0", "none")
     assert available_methods() == sorted(METHODS)
-    assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen"}
+    assert METHODS["adaptive-full-scan"] == ("adaptive:scan=None", "none")
+    assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan"}
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE))

@@ -28,6 +28,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive": ("adaptive", "none"),
     "adaptive-min-snr": ("adaptive", "min-snr"),
     "adaptive-frozen": ("adaptive:lr=0", "none"),
+    "adaptive-full-scan": ("adaptive:scan=None", "none"),  # the paper's scan of all T timesteps
 }
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.
