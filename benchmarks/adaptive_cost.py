@@ -1,7 +1,7 @@
 """What the adaptive sampler costs in wall-clock time against uniform sampling, measured in the same run,
 and how well a cheaper scan picks the probe set S.
 
-    python benchmarks/adaptive_cost.py              # about 5 minutes on 2 shared CPU cores
+    python benchmarks/adaptive_cost.py              # about 2.5 minutes on one idle core
     python benchmarks/adaptive_cost.py --pairs 20 --reps 2 --rounds 1 --rows 30 --skip cifar   # quick
 
 1. Cost per step, on the digits (make_unet(8, 1, "tiny"), batch 128, T = 1000) and at 32x32
@@ -222,7 +222,7 @@ def main():
     if "digits" not in args.skip:
         digits_cost(args.pairs, args.reps, args.rounds)
     if "cifar" not in args.skip:
-        cifar_cost(max(args.pairs // 6, 2), max(args.reps // 5, 1))  # a full-scan update takes ~45 s here
+        cifar_cost(max(args.pairs // 6, 2), max(args.reps // 5, 1))  # a full-scan update takes ~17 s here
     if "agreement" not in args.skip:
         scan_agreement(*collect_scan_rows(args.rows))
     print(f"\n(total {time.perf_counter() - start:.0f} s, {args.threads} thread(s))")
