@@ -462,7 +462,8 @@ def test_probes_in_chunks_measure_what_one_pass_measures():
     schedule = NoiseSchedule("linear", T=100)
     rows = []
     for probe_batch in (1000, None, 7):  # 34 probes in one pass, in passes of 2B = 16, of 7
-        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17, probe_batch=probe_batch)
+        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17,
+                                  probe_batch=probe_batch)
         torch.manual_seed(0)
         model, x0 = ConvEps(100), digits(8)
         opt = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -543,7 +544,8 @@ def test_state_from_another_scan_is_refused():
 @pytest.mark.parametrize("spec", [
     "adaptive:update_every=0", "adaptive:queue_size=1", "adaptive:subset_size=0", "adaptive:subset_size=101",
     "adaptive:lr=-1", "adaptive:entropy_coef=-0.1", "adaptive:grad_clip=0", "adaptive:mapping=floor",
-    "adaptive:scan=2", "adaptive:scan=0", "adaptive:probe_batch=0", "adaptive:bins=1", "adaptive:variance=learned", "adaptive:eps=0.7",
+    "adaptive:scan=2", "adaptive:scan=0", "adaptive:probe_batch=0", "adaptive:bins=1", "adaptive:variance=learned",
+    "adaptive:eps=0.7",
     "adaptive:seed=-1", "adaptive:image_shape=(1,8)", "adaptive:conditioned=yes", "adaptive:common_noise=1",
     "adaptive:update_every=2.5", "adaptive:lr=nan", "adaptive:queue=5",
 ])
