@@ -525,6 +525,25 @@ def test_state_dict_round_trip_continues_identically(own_generator):
         assert torch.equal(v, v2), k
 
 
+def test_rank_zeros_state_resumes_every_ranks_own_draws(monkeypatch):
+    from timestep_sampling import distributed
+    schedule = NoiseSchedule("linear", T=1000)
+
+    def draws(rank, state=None, calls=3):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        sampler = AdaptiveSampler(schedule, conditioned=False)
+        if state is not None:
+            sampler.load_state_dict(state)
+        return sampler, [sampler.sample(64)[0] for _ in range(calls)]
+
+    rank0, _ = draws(0)
+    _, uninterrupted = draws(1, calls=6)
+    _, resumed = draws(1, state=rank0.state_dict())  # a checkpoint written by rank 0 after 3 draws
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted[3:], resumed))
+    _, rank0_resumed = draws(0, state=rank0.state_dict())
+    assert not any(torch.equal(a, b) for a, b in zip(rank0_resumed, resumed))  # ranks keep their own streams
+
+
 def test_state_from_another_scan_is_refused():
     schedule = NoiseSchedule("linear", T=100)
     sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17)

@@ -105,12 +105,6 @@ def assert_identical(a, b, where=""):
         assert a == b, where
 
 
-def shared(sampler_state: dict) -> dict:
-    """A sampler's state less the adaptive sampler's fallback generator, which is per rank by design (the
-    trainer never uses it: it passes its own per-(seed, step, rank) generator to sample())."""
-    return {k: v for k, v in sampler_state.items() if k != "generator"}
-
-
 def loss_steps(out):
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in records if "loss" in r]
@@ -131,7 +125,7 @@ def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
     for key in ("model", "ema"):
         assert_identical(a[key], b[key], key)
     assert_identical(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
-    assert_identical(shared(a["sampler"]), shared(b["sampler"]), "sampler")
+    assert_identical(a["sampler"], b["sampler"], "sampler")
     if sampler == "adaptive":  # 3 updates (observe steps 0, 5, 10): one queue and one S on both ranks
         assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
         assert a["sampler"]["queue"]["features"].shape == (3, 50)  # the default scan: 50 strata of T = 100
@@ -152,7 +146,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, da
     assert a["sampler"]["step"] == 7 and a["sampler"]["updates"] == 3
     for key in ("model", "ema"):
         assert_identical(a[key], b[key], key)
-    assert_identical(shared(a["sampler"]), shared(b["sampler"]), "sampler")
+    assert_identical(a["sampler"], b["sampler"], "sampler")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,12 +214,12 @@ def test_a_checkpoint_from_n_ranks_resumes_on_m(tmp_path, data, before, after):
     for state in ranks:  # every rank starts from exactly what was saved
         assert_identical(state["loaded"]["model"], saved_weights, "model")
         assert_identical(state["loaded"]["optimizer"], saved_state["optimizer"], "optimizer")
-        assert_identical(shared(state["loaded"]["sampler"]), shared(saved_state["sampler"]), "sampler")
+        assert_identical(state["loaded"]["sampler"], saved_state["sampler"], "sampler")
         assert state["loaded"]["step"] == 10 and state["step"] == 15
     assert ranks[0]["sampler"]["updates"] == 5  # observe steps 0, 3, 6, 9, 12
     if after == 2:
         assert_identical(ranks[0]["model"], ranks[1]["model"], "model")
-        assert_identical(shared(ranks[0]["sampler"]), shared(ranks[1]["sampler"]), "sampler")
+        assert_identical(ranks[0]["sampler"], ranks[1]["sampler"], "sampler")
     assert loss_steps(tmp_path / "run") == [5, 10, 15]
     last = latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert last.name == "step_00000015" and json.loads((last / "meta.json").read_text())["world_size"] == after

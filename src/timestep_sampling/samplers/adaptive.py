@@ -64,8 +64,9 @@ from .policy import make_policy
 
 MAPPINGS = ("round", "even")
 BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
-# Independent random streams, each derived from (seed, update index, stream[, rank]) so that nothing but
-# two counters has to be kept, resumed, or agreed on between ranks.
+# Independent random streams, each derived from (seed, index, stream[, rank]), the index being the update
+# or, for the fallback draws, the sample() call: nothing but counters has to be kept, resumed, or agreed on
+# between ranks.
 _PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK, _INIT = range(6)
 
 
@@ -252,7 +253,7 @@ class AdaptiveSampler(TimestepSampler):
         self.baseline_ema, self.baseline_count = 0.0, 0
         self.last_stats: dict | None = None
         self.last_rewards: torch.Tensor | None = None  # this rank's per-sample rewards at the last update
-        self._generator = self._stream(_FALLBACK, distributed.rank(), updates=0)
+        self.draws = 0               # sample() calls without a generator: they index this rank's own stream
         self._last_sample = None
         self._pmf_cache = None
 
@@ -277,7 +278,7 @@ class AdaptiveSampler(TimestepSampler):
         # Initialised from the sampler's own seed, not the global RNG (which a trainer may seed per rank): every
         # rank builds the same policy, whenever it first sees a batch, with no collective.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._stream(_INIT, updates=0).initial_seed())
+            torch.manual_seed(self._stream(_INIT, index=0).initial_seed())
             self.policy = make_policy(image_shape, self.conditioned, self.hidden_dim, self.hidden_depth).to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
 
@@ -338,14 +339,17 @@ class AdaptiveSampler(TimestepSampler):
 
     def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None,
                x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """t_b = map(clamp(F⁻¹_{Beta(α_b, β_b)}(v_b))), v_b ~ U(0, 1) from `generator` (or the sampler's own).
-        The draws are kept for the next `observe()`."""
+        """t_b = map(clamp(F⁻¹_{Beta(α_b, β_b)}(v_b))), v_b ~ U(0, 1) from `generator`, or from the sampler's
+        own stream for (seed, rank, call): a counter rather than a generator's state, so that a checkpoint
+        written by rank 0 resumes every rank's stream. The draws are kept for the next `observe()`."""
         batch_size = _positive_int(batch_size, "batch_size")
         device = check_device(device)
         policy_input = self._policy_input(x0, batch_size)
         with torch.no_grad():  # the update recomputes the log-probabilities it differentiates
             alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
-        generator = generator if generator is not None else self._generator
+        if generator is None:
+            generator = self._stream(_FALLBACK, distributed.rank(), index=self.draws)
+            self.draws += 1
         v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
         u = beta_icdf(alpha, beta, v).clamp(self.eps, 1 - self.eps)
         t = u_to_t(u, self.T, self.mapping)
@@ -374,10 +378,11 @@ class AdaptiveSampler(TimestepSampler):
         self._update(model, probe)
         self.step += 1
 
-    def _stream(self, stream: int, rank: int = 0, updates: int | None = None) -> torch.Generator:
-        """A CPU generator for one random stream of one update, the same on every rank unless `rank` is given."""
-        updates = self.updates if updates is None else updates
-        seed = np.random.SeedSequence([self.seed, updates, stream, rank]).generate_state(1, np.uint64)[0]
+    def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
+        """A CPU generator for one random stream at one index (default: this update), the same on every rank
+        unless `rank` is given."""
+        index = self.updates if index is None else index
+        seed = np.random.SeedSequence([self.seed, index, stream, rank]).generate_state(1, np.uint64)[0]
         return torch.Generator().manual_seed(int(seed))
 
     def _probe_timesteps(self) -> torch.Tensor:
@@ -522,7 +527,7 @@ class AdaptiveSampler(TimestepSampler):
             "subset": list(self.subset),
             "step": self.step, "updates": self.updates, "skipped_updates": self.skipped_updates,
             "baseline": [self.baseline_ema, self.baseline_count],
-            "generator": self._generator.get_state(),
+            "draws": self.draws,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -549,7 +554,7 @@ class AdaptiveSampler(TimestepSampler):
         self.step, self.updates = int(state["step"]), int(state["updates"])
         self.skipped_updates = int(state["skipped_updates"])
         self.baseline_ema, self.baseline_count = float(state["baseline"][0]), int(state["baseline"][1])
-        self._generator.set_state(state["generator"])
+        self.draws = int(state.get("draws", 0))  # absent from checkpoints written before 2026-11-25
         self._last_sample, self._pmf_cache = None, None
 
     def __repr__(self) -> str:
