@@ -595,13 +595,13 @@ def test_misuse_raises_user_errors():
 # Two ranks
 
 
-def two_rank_worker(rank, out_dir):
+def two_rank_worker(rank, out_dir, scan):
     from torch.nn.parallel import DistributedDataParallel
     torch.manual_seed(0)
-    schedule, model = NoiseSchedule("linear", T=30), ConvEps(30)
+    schedule, model = NoiseSchedule("linear", T=60), ConvEps(60)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    sampler = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17)
+    sampler = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
     x0 = digits(20)[:12] if rank == 0 else digits(20)[12:]  # batches of 12 and 8
     g = torch.Generator().manual_seed(rank)
     saved = {}
@@ -617,18 +617,19 @@ def two_rank_worker(rank, out_dir):
     torch.save({"sampler": sampler.state_dict(), "x0": x0, **saved}, f"{out_dir}/rank{rank}.pt")
 
 
-def test_two_ranks_share_one_queue_and_subset_and_scan_rank_zeros_image(tmp_path):
-    run_ranks(two_rank_worker, str(tmp_path), init_file=tmp_path / "init")
+@pytest.mark.parametrize("scan, features", [(50, 50), (None, 60)])  # 50 strata of 1-2 steps; every t
+def test_two_ranks_share_one_queue_and_subset_and_scan_rank_zeros_image(tmp_path, scan, features):
+    run_ranks(two_rank_worker, str(tmp_path), scan, init_file=tmp_path / "init")
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     a, b = states[0]["sampler"], states[1]["sampler"]
-    assert torch.equal(a["queue"]["features"], b["queue"]["features"]) and a["queue"]["features"].shape == (4, 30)
+    assert torch.equal(a["queue"]["features"], b["queue"]["features"]) and a["queue"]["features"].shape == (4, features)
     assert a["subset"] == b["subset"] and a["updates"] == b["updates"] == 4
     for k in a["policy"]:  # gradients all-reduced: the same Adam step everywhere
         assert torch.equal(a["policy"][k], b["policy"][k]), k
-    # The first scan row is what one process computes for rank 0's image, timesteps split or not.
-    schedule, model = NoiseSchedule("linear", T=30), ConvEps(30)
+    # The first scan row is what one process computes for rank 0's image, strata split or not.
+    schedule, model = NoiseSchedule("linear", T=60), ConvEps(60)
     model.load_state_dict(states[0]["before"])
-    single = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17)
+    single = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
     x0 = states[0]["x0"]
     single.sample(len(x0), x0=x0)
     with single.observe(model, x0):
