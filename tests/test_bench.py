@@ -97,6 +97,17 @@ def test_classifier_is_accurate_and_cached(classifier_cache):
     assert frechet.accuracy(model, x_test, y_test) == pytest.approx(info["test_accuracy"])
 
 
+def test_a_truncated_classifier_cache_is_trained_again(classifier_cache, tmp_path):
+    cache = tmp_path / "classifier"
+    shutil.copytree(classifier_cache, cache)
+    weights = cache / "digit_classifier.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a write cut short, its description intact
+    model, info = frechet.load_or_train_digit_classifier(cache)
+    assert not info["cached"] and info["test_accuracy"] > 0.95
+    assert frechet.load_or_train_digit_classifier(cache)[1]["cached"]  # whole again, and no temporary left
+    assert sorted(p.name for p in cache.iterdir()) == ["digit_classifier.json", "digit_classifier.safetensors"]
+
+
 # ----------------------------------------------------------------------------- time-to-quality, paired comparison
 
 def records_from(curves: dict, schedule="linear", seconds_per_step=0.1):

@@ -23,6 +23,7 @@ Two feature spaces:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,7 @@ def _random_shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def load_or_train_digit_classifier(cache_dir: str | Path, seed: int = 0):
     """(model, info) from `cache_dir`, training and caching it first if the cache is missing or stale."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cache_dir)
@@ -171,13 +173,18 @@ def load_or_train_digit_classifier(cache_dir: str | Path, seed: int = 0):
                 model = DigitClassifier()
                 model.load_state_dict(load_file(weights))
                 return model.eval(), {**info, "cached": True}
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError, RuntimeError, SafetensorError):
             pass  # unreadable or stale: train again
     model, info = train_digit_classifier(seed)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-        meta.write_text(json.dumps(info, indent=2) + "\n")
+        # Each file is written whole under a temporary name (per process: two bench processes may share a
+        # folder) and renamed into place, the weights before the description that makes them count.
+        tmp = cache_dir / f".tmp-{os.getpid()}"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, weights)
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, meta)
     except OSError as e:
         raise UserError(f"cannot write the classifier cache in {str(cache_dir)!r} ({e.strerror or e})") from None
     return model, {**info, "cached": False}
