@@ -1,5 +1,6 @@
 """The adaptive sampler (Kim et al.; METHOD.md section 3) on toy problems whose answers are known."""
 import copy
+import functools
 import io
 import math
 
@@ -16,6 +17,10 @@ from timestep_sampling.samplers.adaptive import AdaptiveSampler, beta_pmf, u_to_
 from timestep_sampling.samplers.feature_selection import ChangeQueue, f_statistic, top_k
 from timestep_sampling.samplers.policy import ConvPolicy, GlobalPolicy, MaxPool2x2, MLPPolicy, make_policy
 from multiproc import run_ranks
+
+# These tests pin down the paper's estimator (eq. 14) and its machinery: queue, S, scan, probes. The
+# default reward is the first-order credit (tests/test_credit.py).
+PaperSampler = functools.partial(AdaptiveSampler, reward="paper", conditioned=True)
 
 INIT = float(nn.functional.softplus(torch.tensor(0.5))) + 1e-5  # ≈ 0.974
 
@@ -89,7 +94,7 @@ def set_global_concentrations(sampler, alpha, beta):
 @pytest.mark.parametrize("conditioned", [False, True])
 def test_initial_policy_is_nearly_uniform(conditioned):
     schedule = NoiseSchedule("linear", T=1000)
-    sampler = AdaptiveSampler(schedule, conditioned=conditioned, mapping="even", seed=1)
+    sampler = PaperSampler(schedule, conditioned=conditioned, mapping="even", seed=1)
     x0 = torch.rand(4000, 1, 8, 8) * 2 - 1
     g = torch.Generator().manual_seed(0)
     t = torch.cat([sampler.sample(len(x0), generator=g, x0=x0)[0] for _ in range(5)])
@@ -133,7 +138,7 @@ def test_policy_pooling_is_max_pool_with_ceil_mode(shape):
 @pytest.mark.parametrize("alpha, beta", [(1e-5, 1e-5), (1e-5, 1e4), (1e4, 1e-5), (1e4, 1e4), (1e4, 1e4 * 0.5)])
 def test_extreme_concentrations_keep_t_in_range_and_the_update_finite(alpha, beta):
     schedule = NoiseSchedule("linear", T=50)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17)
+    sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17)
     set_global_concentrations(sampler, alpha, beta)
     a, b = sampler.concentrations()
     assert a.item() == pytest.approx(alpha, rel=1e-3) and b.item() == pytest.approx(beta, rel=1e-3)
@@ -151,7 +156,7 @@ def test_extreme_concentrations_keep_t_in_range_and_the_update_finite(alpha, bet
 @pytest.mark.parametrize("mapping", ["round", "even"])
 def test_draws_follow_the_pmf_and_rounding_halves_the_ends(mapping):
     schedule = NoiseSchedule("linear", T=20)
-    sampler = AdaptiveSampler(schedule, conditioned=False, mapping=mapping)
+    sampler = PaperSampler(schedule, conditioned=False, mapping=mapping)
     set_global_concentrations(sampler, 1.0, 1.0)
     p = sampler.probabilities()
     t, _ = sampler.sample(200_000, generator=torch.Generator().manual_seed(0))
@@ -173,8 +178,8 @@ def test_beta_pmf_stays_accurate_in_the_upper_tail():
 
 def test_the_conditioned_pmf_is_an_average_over_the_batch_and_needs_x0():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule)
-    assert not sampler.has_pmf and AdaptiveSampler(schedule, conditioned=False).has_pmf
+    sampler = PaperSampler(schedule)
+    assert not sampler.has_pmf and PaperSampler(schedule, conditioned=False).has_pmf
     with pytest.raises(UserError, match="x0"):
         sampler.probabilities()
     p = sampler.probabilities(x0=digits(8))
@@ -184,11 +189,11 @@ def test_the_conditioned_pmf_is_an_average_over_the_batch_and_needs_x0():
 
 def test_unbiased_weights_for_the_global_beta():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, conditioned=False, unbiased=True)
+    sampler = PaperSampler(schedule, conditioned=False, unbiased=True)
     t, w = sampler.sample(1000, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(w.double(), 1 / (100 * sampler.probabilities()[t]))
     with pytest.raises(UserError, match="unbiased"):
-        AdaptiveSampler(schedule, conditioned=True, unbiased=True)
+        PaperSampler(schedule, conditioned=True, unbiased=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,7 +252,7 @@ def test_queue_selects_nothing_before_three_rows_then_by_f_statistic():
 
 def test_subset_stays_initial_until_the_queue_has_three_rows():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17, scan=None)
+    sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17, scan=None)
     model = BandX0Model(schedule, [1.0, 1.0, -1.0, 1.0, 1.0])  # only band [40, 60) can improve
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x0 = torch.ones(64, 1, 2, 2, dtype=torch.float64)
@@ -272,7 +277,7 @@ def test_reward_is_the_drop_of_the_terms_over_s(common_noise, conditioned):
     schedule = NoiseSchedule("linear", T=100)
     x0 = torch.full((16, 1, 4, 4), 0.25, dtype=torch.float64)  # on the 17-level grid
     for m_before, m_after, sign in [(-0.5, 0.0, 1), (0.0, -0.5, -1)]:
-        sampler = AdaptiveSampler(schedule, conditioned=conditioned, update_every=1, bins=17,
+        sampler = PaperSampler(schedule, conditioned=conditioned, update_every=1, bins=17,
                                   common_noise=common_noise)
         model = BandX0Model(schedule, [m_before])
         sampler.sample(len(x0), x0=x0)
@@ -293,7 +298,7 @@ def test_common_noise_makes_a_null_update_score_exactly_zero():
     x0 = digits(16)
     rewards = {}
     for common_noise in (True, False):
-        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17, common_noise=common_noise)
+        sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17, common_noise=common_noise)
         model = ConvEps(100)
         for _ in range(3):
             sampler.sample(len(x0), x0=x0)
@@ -316,7 +321,7 @@ def test_policy_mass_moves_into_the_band_where_updates_lower_the_bound():
     for name, m in [("band", [1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), ("control", [1.0] * 10)]:
         # The entropy bonus balances the reward near uniform when rewards are ~1e-2 bits/dim, as here;
         # a smaller coefficient and a larger step show the direction of learning in 300 updates.
-        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17, lr=0.2,
+        sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17, lr=0.2,
                                   entropy_coef=1e-3, reward_baseline=True, seed=0)
         model = BandX0Model(schedule, m)
         opt = torch.optim.SGD(model.parameters(), lr=3e-4)
@@ -344,7 +349,7 @@ def test_only_update_steps_call_the_model_and_probes_run_in_passes_of_probe_batc
 
     model, x0 = Counting(100), digits(8)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    sampler = AdaptiveSampler(schedule, update_every=3, subset_size=2, bins=17, probe_batch=probe_batch)
+    sampler = PaperSampler(schedule, update_every=3, subset_size=2, bins=17, probe_batch=probe_batch)
     # B|S| reward probes and the default scan's 50: one pass of 66, or passes of 2B = 16
     probe = [(8 * 2 + 50, False)] if probe_batch else [(16, False)] * 4 + [(2, False)]
     g = torch.Generator().manual_seed(0)
@@ -363,7 +368,7 @@ def test_observe_restores_every_module_mode_and_does_nothing_if_the_body_raises(
     model, x0 = ConvEps(50), digits(8)
     model.train()
     model.drop.eval()  # a submodule the user froze must stay frozen
-    sampler = AdaptiveSampler(schedule, update_every=1, bins=17)
+    sampler = PaperSampler(schedule, update_every=1, bins=17)
     sampler.sample(8, x0=x0)
     with sampler.observe(model, x0):
         assert model.training and not model.drop.training
@@ -381,7 +386,7 @@ def test_observe_restores_every_module_mode_and_does_nothing_if_the_body_raises(
 def test_non_finite_terms_are_skipped_and_counted():
     schedule = NoiseSchedule("linear", T=50)
     x0 = torch.zeros(8, 1, 2, 2, dtype=torch.float64)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17)
+    sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17)
     model = BandX0Model(schedule, [0.5])
     policy = sampler.policy.raw.detach().clone()
     sampler.sample(8, x0=x0)
@@ -393,7 +398,7 @@ def test_non_finite_terms_are_skipped_and_counted():
 
 def test_lr_zero_keeps_the_policy_exactly_at_its_initialisation():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = make_sampler("adaptive:lr=0,update_every=1,bins=17", schedule)
+    sampler = make_sampler("adaptive:reward=paper,conditioned=True,lr=0,update_every=1,bins=17", schedule)
     model, x0 = ConvEps(100), digits(16)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
@@ -404,7 +409,7 @@ def test_lr_zero_keeps_the_policy_exactly_at_its_initialisation():
     assert sampler.updates == 5 and sampler.skipped_updates == 0
     assert all(torch.equal(v, initial[k]) for k, v in sampler.policy.state_dict().items())
     # ... while the same run at the default rate moves it.
-    moving, model = make_sampler("adaptive:update_every=1,bins=17", schedule), ConvEps(100)
+    moving, model = make_sampler("adaptive:reward=paper,conditioned=True,update_every=1,bins=17", schedule), ConvEps(100)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(2):
         train_step(moving, model, opt, schedule, x0, g)
@@ -412,9 +417,9 @@ def test_lr_zero_keeps_the_policy_exactly_at_its_initialisation():
 
 
 def test_default_learning_rate_follows_the_schedule():
-    assert AdaptiveSampler(NoiseSchedule("linear", T=10)).lr == 1e-2
-    assert AdaptiveSampler(NoiseSchedule("quad", T=10)).lr == 1e-2
-    assert AdaptiveSampler(NoiseSchedule("cosine", T=10)).lr == 1e-3
+    assert PaperSampler(NoiseSchedule("linear", T=10)).lr == 1e-2
+    assert PaperSampler(NoiseSchedule("quad", T=10)).lr == 1e-2
+    assert PaperSampler(NoiseSchedule("cosine", T=10)).lr == 1e-3
 
 
 def test_works_with_a_loss_weighting():
@@ -425,7 +430,7 @@ def test_works_with_a_loss_weighting():
     model, x0 = ConvEps(100), digits(32)
     start = copy.deepcopy(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sampler = AdaptiveSampler(schedule, update_every=2, bins=17)
+    sampler = PaperSampler(schedule, update_every=2, bins=17)
     g = torch.Generator().manual_seed(0)
     for _ in range(8):
         train_step(sampler, model, opt, schedule, x0, g, weights=min_snr)
@@ -437,7 +442,7 @@ def test_works_with_a_loss_weighting():
 
 def test_stratified_scan_probes_one_timestep_per_stratum():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17)
+    sampler = PaperSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17)
     assert sampler.edges.tolist() == list(range(0, 101, 10))
     model, x0 = ConvEps(100), digits(8)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -452,9 +457,9 @@ def test_stratified_scan_probes_one_timestep_per_stratum():
         assert sampler.queue.rows[-1][0].shape == (10,)
     assert len(seen) > 3  # a fresh t per stratum each update
     for scan in (None, 100, 5000):  # n >= T is the full scan
-        full = AdaptiveSampler(schedule, scan=scan)
+        full = PaperSampler(schedule, scan=scan)
         assert full.scan is None and full.edges.tolist() == list(range(101))
-    default = AdaptiveSampler(NoiseSchedule("linear", T=1000))
+    default = PaperSampler(NoiseSchedule("linear", T=1000))
     assert default.scan == 50 and default.edges.tolist() == list(range(0, 1001, 20))
 
 
@@ -462,7 +467,7 @@ def test_probes_in_chunks_measure_what_one_pass_measures():
     schedule = NoiseSchedule("linear", T=100)
     rows = []
     for probe_batch in (1000, None, 7):  # 34 probes in one pass, in passes of 2B = 16, of 7
-        sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17,
+        sampler = PaperSampler(schedule, conditioned=False, update_every=1, scan=10, bins=17,
                                   probe_batch=probe_batch)
         torch.manual_seed(0)
         model, x0 = ConvEps(100), digits(8)
@@ -500,7 +505,7 @@ def test_state_dict_round_trip_continues_identically(own_generator):
     torch.manual_seed(0)
     model = ConvEps(60)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sampler, gen = AdaptiveSampler(schedule, **options), torch.Generator().manual_seed(0)
+    sampler, gen = PaperSampler(schedule, **options), torch.Generator().manual_seed(0)
     run(sampler, model, opt, 9, 0, gen)
     buffer = io.BytesIO()
     torch.save({"sampler": sampler.state_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
@@ -513,7 +518,7 @@ def test_state_dict_round_trip_continues_identically(own_generator):
     model2.load_state_dict(saved["model"])
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
     opt2.load_state_dict(saved["opt"])
-    sampler2, gen2 = AdaptiveSampler(schedule, **options), torch.Generator()
+    sampler2, gen2 = PaperSampler(schedule, **options), torch.Generator()
     gen2.set_state(saved["gen"])
     sampler2.load_state_dict(saved["sampler"])
     resumed = run(sampler2, model2, opt2, 9, 9, gen2)
@@ -531,7 +536,7 @@ def test_rank_zeros_state_resumes_every_ranks_own_draws(monkeypatch):
 
     def draws(rank, state=None, calls=3):
         monkeypatch.setattr(distributed, "rank", lambda: rank)
-        sampler = AdaptiveSampler(schedule, conditioned=False)
+        sampler = PaperSampler(schedule, conditioned=False)
         if state is not None:
             sampler.load_state_dict(state)
         return sampler, [sampler.sample(64)[0] for _ in range(calls)]
@@ -546,14 +551,14 @@ def test_rank_zeros_state_resumes_every_ranks_own_draws(monkeypatch):
 
 def test_state_from_another_scan_is_refused():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, conditioned=False, update_every=1, bins=17)
+    sampler = PaperSampler(schedule, conditioned=False, update_every=1, bins=17)
     model, x0 = ConvEps(100), digits(8)
     train_step(sampler, model, torch.optim.SGD(model.parameters(), lr=1e-2), schedule, x0,
                torch.Generator().manual_seed(0))
     with pytest.raises(UserError, match="scan"):
-        AdaptiveSampler(schedule, conditioned=False, scan=10).load_state_dict(sampler.state_dict())
+        PaperSampler(schedule, conditioned=False, scan=10).load_state_dict(sampler.state_dict())
     with pytest.raises(UserError, match="policy"):
-        AdaptiveSampler(schedule, image_shape=(1, 8, 8)).load_state_dict(sampler.state_dict())
+        PaperSampler(schedule, image_shape=(1, 8, 8)).load_state_dict(sampler.state_dict())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -576,7 +581,7 @@ def test_invalid_options_raise_one_line_user_errors(spec):
 
 def test_misuse_raises_user_errors():
     schedule = NoiseSchedule("linear", T=100)
-    sampler = AdaptiveSampler(schedule, update_every=1)
+    sampler = PaperSampler(schedule, update_every=1)
     with pytest.raises(UserError, match="x0"):
         sampler.sample(4)
     with pytest.raises(UserError, match="sample"):
@@ -601,7 +606,7 @@ def two_rank_worker(rank, out_dir, scan):
     schedule, model = NoiseSchedule("linear", T=60), ConvEps(60)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    sampler = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
+    sampler = PaperSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
     x0 = digits(20)[:12] if rank == 0 else digits(20)[12:]  # batches of 12 and 8
     g = torch.Generator().manual_seed(rank)
     saved = {}
@@ -629,7 +634,7 @@ def test_two_ranks_share_one_queue_and_subset_and_scan_rank_zeros_image(tmp_path
     # The first scan row is what one process computes for rank 0's image, strata split or not.
     schedule, model = NoiseSchedule("linear", T=60), ConvEps(60)
     model.load_state_dict(states[0]["before"])
-    single = AdaptiveSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
+    single = PaperSampler(schedule, update_every=1, queue_size=5, bins=17, scan=scan)
     x0 = states[0]["x0"]
     single.sample(len(x0), x0=x0)
     with single.observe(model, x0):

@@ -41,6 +41,7 @@ from . import train as train_module
 from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import make_config
 from .errors import UserError, require, unknown_choice
+from .bench_records import all_records, read_record, write_record
 from .methods import make_method
 from .schedule import SCHEDULES, NoiseSchedule
 
@@ -83,6 +84,7 @@ class BenchSettings:
     keep_checkpoints: bool = False
     quick: bool = False
     progress: bool = True
+    records: str | None = None  # a folder of per-run records (bench_records.py): skip what is there, report all
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
 
     @property
@@ -124,7 +126,7 @@ def validate(settings: BenchSettings) -> None:
             raise unknown_choice("noise schedule", name, SCHEDULES)
     probe = NoiseSchedule("linear", T=max(settings.T, 2))
     for name in settings.methods:
-        make_method(name, probe)  # a bad name or option is a UserError listing the valid ones
+        make_method(name.removesuffix(FINAL_SUFFIX), probe)  # a bad name or option: a UserError listing the valid ones
     for name in ("seeds", "steps", "eval_every", "fd_samples", "ddim_steps", "batch_size", "T", "eval_strata"):
         require(getattr(settings, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")
@@ -136,14 +138,20 @@ def validate(settings: BenchSettings) -> None:
                 f"such as inception-2015-12-05.pt (nothing is downloaded)")
 
 
+# A method name the bench resolves itself: the learned sampler's final Beta, fixed from step 0 (does
+# adapting over time matter, or only the shape it ends at?). It needs that seed's "adaptive" run first.
+FINAL_SUFFIX = "-final"
+
+
 def run_name(method: str, schedule: str, seed: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9.+_-]', '_', method)}__{schedule}__s{seed}"
 
 
 def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
     checkpoints = math.ceil(settings.steps / settings.eval_every)
+    trained = frozen_final_method(settings, method, schedule, seed) if method.endswith(FINAL_SUFFIX) else method
     overrides = dict(data=settings.data, out=str(Path(settings.out) / "runs" / run_name(method, schedule, seed)),
-                     method=method, schedule=schedule, seed=seed, steps=settings.steps, T=settings.T,
+                     method=trained, schedule=schedule, seed=seed, steps=settings.steps, T=settings.T,
                      eval_every=settings.eval_every, checkpoint_every=settings.eval_every,
                      keep_checkpoints=checkpoints + 1, final_exact=settings.final_exact, num_samples=0,
                      eval_exact_below=settings.eval_exact_below, eval_strata=settings.eval_strata,
@@ -152,6 +160,39 @@ def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
                      log_every=min(50, settings.eval_every))
     overrides.update(settings.extra)
     return make_config(**overrides)
+
+
+def frozen_final_method(settings: BenchSettings, method: str, schedule: str, seed: int) -> str:
+    """'<learned>-final' → a fixed Beta at the final (α, β) of that seed's <learned> run, from its record
+    or its run folder. Only a global (unconditioned) Beta policy has one final distribution."""
+    source = method[:-len(FINAL_SUFFIX)]
+    name = run_name(source, schedule, seed)
+    kept = read_record(settings.records, name, settings) if settings.records else None
+    summary = kept["sampler"] if kept else sampler_summary(Path(settings.out) / "runs" / name)
+    if not summary or summary.get("alpha") is None:
+        raise UserError(f"{method} needs the final Beta of a finished {source!r} run ({name}) with a global "
+                        f"policy; run {source} first (put it before {method} in --methods)")
+    return f"beta:a={summary['alpha']:.6g},b={summary['beta']:.6g}+none"
+
+
+def sampler_summary(folder: Path) -> dict | None:
+    """A learning sampler's track from a run folder: its density at each evaluation (p(t)·T, 3 significant
+    digits), the total variation between its first and last density, and, for a global Beta policy, the
+    final (α, β). None for a sampler whose density never changed."""
+    densities = _read_jsonl(folder / train_module.DENSITY_LOG)
+    if len(densities) < 2:
+        return None
+    first, last = (np.asarray(densities[i]["density"], dtype=np.float64) for i in (0, -1))
+    updates = [r["sampler"] for r in _read_jsonl(folder / "metrics.jsonl") if "sampler" in r]
+    final = updates[-1] if updates else {}
+    global_beta = final.get("alpha_std") == 0.0 and final.get("beta_std") == 0.0
+    T = len(first)
+    return {"steps": [r["step"] for r in densities],
+            "density": [[float(f"{v * T:.3g}") for v in r["density"]] for r in densities],
+            "tv_from_start": float(0.5 * np.abs(last - first).sum()),
+            "mass_t_below_20": [float(sum(r["density"][:20])) for r in densities],
+            "alpha": final.get("alpha_mean") if global_beta else None,
+            "beta": final.get("beta_mean") if global_beta else None}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -500,29 +541,41 @@ def plot_curves(records: list[dict], metric: str, out_path: Path) -> Path:
     return out_path
 
 
+def density_tracks(settings: BenchSettings) -> dict[tuple[str, str], tuple[int, dict]]:
+    """(method, schedule) → (seed, sampler_summary) of the lowest seed whose sampler's density changed, from
+    the records when there are any and from the run folders otherwise."""
+    found = []
+    if settings.records:
+        found = [(r["method"], r["schedule"], r["seed"], r["sampler"])
+                 for r in all_records(settings.records, settings) if r.get("sampler")]
+    else:
+        for method, schedule, seed in settings.grid():
+            summary = sampler_summary(Path(settings.out) / "runs" / run_name(method, schedule, seed))
+            if summary:
+                found.append((method, schedule, seed, summary))
+    tracks = {}
+    for method, schedule, seed, summary in sorted(found, key=lambda f: f[2]):
+        dens = np.asarray(summary["density"])
+        if np.abs(dens - dens[0]).max() > 1e-6 * dens.max():  # a fixed (or frozen) sampler: nothing to show
+            tracks.setdefault((method, schedule), (seed, summary))
+    return tracks
+
+
 def plot_densities(settings: BenchSettings, out: Path) -> list[Path]:
-    """DIR/density_<method>__<schedule>.png for every method whose logged sampler density changed during
-    training (the learned samplers), from the first seed's run. Skipped where the log is absent."""
+    """DIR/density_<method>__<schedule>.png for every method whose sampler density changed during training
+    (the learned samplers), from the lowest seed that has a track."""
     try:
         from .plotting import plot_density_over_training
     except ImportError:
         return []
-    log_name = getattr(train_module, "DENSITY_LOG", "sampler_density.jsonl")
     written = []
-    seed = settings.seed_list[0]
-    for schedule in settings.schedules:
-        for method in settings.methods:
-            folder = Path(settings.out) / "runs" / run_name(method, schedule, seed)
-            records = _read_jsonl(folder / log_name)
-            if len(records) < 2:
-                continue
-            dens = np.array([r["density"] for r in records], dtype=np.float64)
-            if np.abs(dens - dens[0]).max() <= 1e-6 * dens.max():
-                continue  # a fixed (or frozen) sampler: nothing to show
-            name = f"density_{run_name(method, schedule, seed).rsplit('__s', 1)[0]}.png"
-            written.append(plot_density_over_training(
-                [r["step"] for r in records], dens, out / name,
-                title=f"{method}, {schedule} schedule, seed {seed}: timestep density over training"))
+    for (method, schedule), (seed, summary) in sorted(density_tracks(settings).items()):
+        dens = np.asarray(summary["density"], dtype=np.float64)
+        name = f"density_{run_name(method, schedule, seed).rsplit('__s', 1)[0]}.png"
+        written.append(plot_density_over_training(
+            summary["steps"], dens / dens.sum(1, keepdims=True), out / name,
+            title=f"{method}, {schedule} schedule, seed {seed}: timestep density over training "
+                  f"(total variation from the start {summary['tv_from_start']:.2f})"))
     return written
 
 
@@ -768,19 +821,27 @@ def run_bench(settings: BenchSettings) -> dict:
     except OSError as e:
         raise UserError(f"cannot write to output folder {str(out)!r} ({e.strerror or e})") from None
     device = train_module.resolve_device(settings.device)
-    grid = settings.grid()
-    configs = {cell: run_config(settings, *cell) for cell in grid}
-    for cfg in configs.values():
-        run_state(cfg)  # fail on a mismatched folder before any work
+    # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
+    grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
+    for cell in grid:
+        if not cell[0].endswith(FINAL_SUFFIX):
+            run_state(run_config(settings, *cell))  # fail on a mismatched folder before any work
     scorers, classifier = build_scorers(settings, device, out)
-    counts = {"trained": 0, "resumed": 0, "skipped": 0}
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0}
     method_costs: dict[str, dict] = {m: {"trained": 0, "rate": [], "run_seconds": []} for m in settings.methods}
     score_seconds = []
     records = []
     bar = tqdm(grid, desc="bench", unit="run", disable=not settings.progress, dynamic_ncols=True)
     for method, schedule, seed in bar:
-        cfg = configs[(method, schedule, seed)]
-        bar.set_postfix_str(run_name(method, schedule, seed))
+        name = run_name(method, schedule, seed)
+        bar.set_postfix_str(name)
+        kept = read_record(settings.records, name, settings) if settings.records else None
+        if kept is not None:
+            counts["recorded"] += 1
+            records += kept["evals"]
+            bar.write(f"{name}: recorded in {settings.records} (commit {str(kept['provenance']['commit'])[:10]})")
+            continue
+        cfg = run_config(settings, method, schedule, seed)
         start = time.perf_counter()
         outcome = train_run(cfg)
         counts[outcome] += 1
@@ -800,10 +861,19 @@ def run_bench(settings: BenchSettings) -> dict:
             score_seconds += list(cache.get(scorer.metric, {}).get("seconds", {}).values())
         run_records_ = run_records(cfg, method, schedule, seed)
         records += run_records_
+        if settings.records and final:
+            write_record(settings.records, name, settings, {
+                "method": method, "schedule": schedule, "seed": seed, "trained_as": cfg.method,
+                "evals": run_records_, "sampler": sampler_summary(Path(cfg.out)),
+                "cost": {"train_seconds": final[-1]["train_seconds"],
+                         "steps_per_sec": final[-1]["step"] / max(final[-1]["train_seconds"], 1e-9),
+                         "run_seconds": cache.get("run_seconds")}})
         last = run_records_[-1] if run_records_ else {}
         bar.write(f"{run_name(method, schedule, seed)}: {outcome}; final test bits/dim {_fmt(last.get('test_bpd'), 3)}"
                   + (f", FD {_fmt(last.get('fd'), 1)}" if "fd" in last else ""))
     bar.close()
+    if settings.records:  # the report covers every recorded run of this grid, not only this invocation's
+        records = [e for r in all_records(settings.records, settings) for e in r["evals"]]
 
     summary = summarize(records)
     ttq, paired = [], []

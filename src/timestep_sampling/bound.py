@@ -76,6 +76,13 @@ def exact_bpd(model, schedule: NoiseSchedule, data: torch.Tensor, *, batch_size:
     return _finish(schedule, data, timesteps, terms, terms.sum(), exact=True)
 
 
+def log_strata(T: int, start: int, strata: int) -> list[int]:
+    """Edges of (at most) `strata` log-spaced strata over [start, T), each at least one timestep wide:
+    narrow where the bound's terms change fast (small t), wide where they change slowly."""
+    edges = torch.logspace(math.log10(max(start, 1)), math.log10(T), strata + 1, dtype=torch.float64)
+    return sorted({start, *edges.round().long().tolist()})
+
+
 def stratified_timesteps(T: int, exact_below: int = 20, strata: int = 80, per_stratum: int = 1, seed: int = 0):
     """The timesteps an estimate uses and the weight of each: every t < exact_below with weight 1, then
     `per_stratum` uniform draws from each of (at most) `strata` log-spaced strata over [exact_below, T),
@@ -83,12 +90,8 @@ def stratified_timesteps(T: int, exact_below: int = 20, strata: int = 80, per_st
     require(0 <= exact_below <= T, f"exact_below must lie in [0, T={T}], got {exact_below}")
     g = torch.Generator().manual_seed(seed)
     ts, ws = list(range(exact_below)), [1.0] * exact_below
-    start = max(exact_below, 1)
-    edges = torch.logspace(math.log10(start), math.log10(T), strata + 1, dtype=torch.float64)
-    edges = sorted({exact_below, *edges.round().long().tolist()})
+    edges = log_strata(T, exact_below, strata)
     for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi <= lo:
-            continue
         picks = torch.randint(lo, hi, (per_stratum,), generator=g).tolist()
         ts += picks
         ws += [(hi - lo) / per_stratum] * per_stratum

@@ -91,6 +91,16 @@ def _analyze_sampler_density(args) -> None:
     print(f"wrote {r['png']} and {r['json']}")
 
 
+def _analyze_reward_signal(args) -> None:
+    from .reward_signal import reward_signal
+
+    r = reward_signal(args.run, step=args.step, updates=args.updates, groups=args.groups, **_analysis_args(args))
+    for name, e in r["estimators"].items():
+        print(f"{name:>7}: t explains {100 * e['explained']:.2f}% of the reward's variance, "
+              f"F = {e['F']:.2f}, p = {e['p']:.2e} ({e['samples']} samples)")
+    print(f"wrote {r['png']} and {r['json']}")
+
+
 def _add_analyze_parser(sub) -> None:
     analyze = sub.add_parser("analyze", help="pictures of a training run: gradient variance, per-timestep loss, "
                                              "interdependence of timesteps, sampler density over training")
@@ -140,6 +150,14 @@ def _add_analyze_parser(sub) -> None:
     p.add_argument("--images", type=int, default=512, help="test images measured (default up to 512)")
     p.set_defaults(func=_analyze_interdependence)
 
+    p = kinds.add_parser("reward-signal", help="how much each reward estimator of the learned sampler depends on the "
+                                               "sample's own timestep (per-decile means, ANOVA)")
+    common(p, "reward_signal")
+    p.add_argument("--step", type=int, help="the checkpoint to start from (default the latest)")
+    p.add_argument("--updates", type=int, default=20, help="training steps scored, one batch each (default 20)")
+    p.add_argument("--groups", type=int, default=10, help="quantile groups of t (default 10: deciles)")
+    p.set_defaults(func=_analyze_reward_signal)
+
     p = kinds.add_parser("sampler-density", help="the sampler's timestep density over training, from "
                                                  "RUN/sampler_density.jsonl (Kim et al. Fig. 5, 6)")
     common(p, "sampler_density", checkpoints=False)
@@ -153,11 +171,13 @@ def _bench(args) -> None:
                              seeds=args.seeds, steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
+                             records=args.records,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
     print(result["headline"])
     print(f"wrote {result['report']} ({result['records']} records; {result['trained']} runs trained, "
-          f"{result['resumed']} resumed, {result['skipped']} already finished; {result['total_seconds']:.0f} s)")
+          f"{result['resumed']} resumed, {result['skipped']} already finished, {result['recorded']} taken from "
+          f"records; {result['total_seconds']:.0f} s)")
 
 
 def _add_bench_parser(sub) -> None:
@@ -182,6 +202,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20)")
     p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
                                        "for FID; never downloaded")
+    p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
+                                     "the same settings are skipped, each finished run adds its record, and the "
+                                     "report covers every record")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every checkpoint (default: only each run's last, once scored)")
     p.add_argument("--no-progress", action="store_true")

@@ -25,10 +25,15 @@ METHODS: dict[str, tuple[str, str]] = {
     "variance": ("variance", "none"),
     "loss-second-moment": ("loss-second-moment", "none"),
     "beta-0.95": ("beta:a=0.95,b=0.95", "none"),
+    # The learned sampler: a global Beta trained on the first-order credit (samplers/credit.py).
     "adaptive": ("adaptive", "none"),
     "adaptive-min-snr": ("adaptive", "min-snr"),
-    "adaptive-frozen": ("adaptive:lr=0", "none"),
-    "adaptive-full-scan": ("adaptive:scan=None", "none"),  # the paper's scan of all T timesteps
+    "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
+    "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
+    "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
+    # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
+    "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
+    "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
 }
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.

@@ -204,7 +204,7 @@ class Trainer:
         self.model.train()
         mse = None
         try:
-            with self.sampler.observe(self.net, x0):
+            with self.sampler.observe(self.net, x0, optimizer=self.opt):
                 mse = mse_per_sample(self.model, self.schedule, x0, t, noise)
                 loss = (mse * w * self.weighting.weights(t)).mean()
                 if not _all_finite(loss):

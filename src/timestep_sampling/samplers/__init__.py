@@ -1,11 +1,12 @@
 """Timestep samplers: which timesteps a diffusion model trains on."""
 from .adaptive import AdaptiveSampler
+from .credit_proportional import CreditProportionalSampler
 from .base import TimestepSampler, UniformSampler, available_samplers, make_sampler
 from .fixed import BetaSampler, LogitNormalSampler, LognormalEDMSampler, Speed2024Sampler, SpeedCurrentSampler
 from .loss_aware import LossSecondMomentSampler, VarianceSampler
 
 __all__ = [
-    "AdaptiveSampler", "BetaSampler", "LogitNormalSampler", "LognormalEDMSampler", "LossSecondMomentSampler",
+    "AdaptiveSampler", "BetaSampler", "CreditProportionalSampler", "LogitNormalSampler", "LognormalEDMSampler", "LossSecondMomentSampler",
     "Speed2024Sampler", "SpeedCurrentSampler", "TimestepSampler", "UniformSampler", "VarianceSampler",
     "available_samplers", "make_sampler",
 ]

@@ -51,7 +51,6 @@ import torch
 from scipy import special
 from scipy.stats import beta as beta_distribution
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 from ..diffusion import VARIANCES, predict_eps, q_sample, vlb_terms_from_eps
@@ -59,10 +58,12 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
+from .credit import eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 
 MAPPINGS = ("round", "even")
+REWARDS = ("credit", "paper")
 BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
 # Independent random streams, each derived from (seed, index, stream[, rank]), the index being the update
 # or, for the fallback draws, the sample() call: nothing but counters has to be kept, resumed, or agreed on
@@ -111,20 +112,6 @@ def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------
 # Probing the bound's terms
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """The model in eval mode (no dropout) for the probes; every submodule's own mode restored after."""
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
 
 
 @dataclass
@@ -194,14 +181,20 @@ class AdaptiveSampler(TimestepSampler):
 
     name = "adaptive"
 
-    def __init__(self, schedule: NoiseSchedule, conditioned: bool = True, lr: float | None = None,
+    def __init__(self, schedule: NoiseSchedule, conditioned: bool = False, lr: float | None = None,
                  update_every: int = 40, queue_size: int = 20, subset_size: int = 3, entropy_coef: float = 1e-2,
                  grad_clip: float | None = 1.0, mapping: str = "round", common_noise: bool = True,
                  reward_baseline: bool = False, scan: int | None = 50, probe_batch: int | None = None,
                  bins: int = 256,
                  variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
-                 unbiased: bool = False):
+                 unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
+                 credit_delta: float = 1e-3):
+        require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
+        self.reward = reward
+        self.credit_strata = _positive_int(credit_strata, "credit_strata")
+        require(_nonnegative(credit_delta, "credit_delta") > 0, f"credit_delta must be > 0, got {credit_delta!r}")
+        self.credit_delta = float(credit_delta)
         require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
         self.conditioned = conditioned
         super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
@@ -365,18 +358,61 @@ class AdaptiveSampler(TimestepSampler):
         return self.step % self.update_every == 0
 
     @contextlib.contextmanager
-    def observe(self, model, x0: torch.Tensor):
+    def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
         """Wrap one optimiser step of `model` (any callable model(x_t, t) -> ε, DDP included) on the batch x0
-        that the last `sample()` drew timesteps for. On update steps: probe before, run the body, probe
-        after and update the policy. If the body raises, nothing is updated or counted."""
+        that the last `sample()` drew timesteps for. On update steps: score the batch before the step, run
+        the body, then update the policy (the paper's reward also probes after the step). If the body
+        raises, nothing is updated or counted. `optimizer` gives the credit the preconditioner of the step
+        (without it the credit assumes plain SGD); the paper's reward does not use it."""
         if not self.is_update_step:
             yield
             self.step += 1
             return
-        probe = self._probe_before(model, x0)
-        yield
-        self._update(model, probe)
+        if self.reward == "credit":
+            policy_input, u, credit = self._credit(model, x0, optimizer)
+            yield
+            self._learn_from_credit(policy_input, u, credit)
+        else:
+            probe = self._probe_before(model, x0)
+            yield
+            self._update(model, probe)
         self.step += 1
+
+    def _take_last_sample(self, x0: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        require(self._last_sample is not None,
+                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        policy_input, u = self._last_sample
+        self._last_sample = None
+        require(isinstance(x0, torch.Tensor) and x0.shape[0] == len(u),
+                f"observe() got a batch of {len(x0)} but the last sample() drew {len(u)} timesteps")
+        self._ensure_policy(x0)
+        return policy_input, u
+
+    def _credit(self, model, x0: torch.Tensor, optimizer) -> tuple:
+        """The first-order credit of every sample for its own timestep (credit.py), before the step."""
+        policy_input, u = self._take_last_sample(x0)
+        t = u_to_t(u, self.T, self.mapping).to(x0.device)
+        credit = first_order_credit(model, self.schedule, x0.detach(), t, optimizer,
+                                    generator=self._stream(_BATCH_NOISE, distributed.rank()),
+                                    strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
+                                    variance=self.variance)
+        return policy_input, u, credit
+
+    def _learn_from_credit(self, policy_input, u: torch.Tensor, credit: torch.Tensor) -> None:
+        """One policy step on the credit, standardised over the whole batch (all ranks): the advantage."""
+        moments = torch.tensor([credit.sum(), (credit ** 2).sum(), len(credit)], dtype=torch.float64)
+        total, squares, n = distributed.all_reduce_sum_(moments).tolist()
+        mean = total / n
+        std = math.sqrt(max(squares / n - mean ** 2, 0.0))
+        advantage = (credit - mean) / std if std > 0 else torch.zeros_like(credit)
+        self.last_rewards = credit
+        stats, applied = self._policy_step(policy_input, u, advantage, finite=math.isfinite(mean + std))
+        stats["reward_mean"], stats["reward_std"] = mean, std
+        if not applied:
+            self.skipped_updates += 1
+        self.updates += 1
+        self.last_stats = {**stats, "skipped": not applied, "skipped_updates": self.skipped_updates,
+                           "updates": self.updates, "step": self.step}
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
         """A CPU generator for one random stream at one index (default: this update), the same on every rank
@@ -414,7 +450,7 @@ class AdaptiveSampler(TimestepSampler):
         passes of `probe_batch` images (2 x the training batch `batch` by default). Chunks rather than one
         pass: on a CPU a 32x32 UNet's time per image nearly doubles from 64 to 292 images at once (cache),
         and on an accelerator one pass over B|S| + T images can exceed the memory a training step needs."""
-        net = model.module if isinstance(model, DistributedDataParallel) else model  # no DDP hooks or syncs
+        net = unwrap(model)  # no DDP hooks or syncs
         chunk = self.probe_batch or 2 * batch
         with torch.no_grad(), eval_mode(model):
             xt = q_sample(self.schedule, x0, t, noise)
@@ -423,13 +459,7 @@ class AdaptiveSampler(TimestepSampler):
                                       bins=self.bins, variance=self.variance)
 
     def _probe_before(self, model, x0: torch.Tensor) -> _Probe:
-        require(self._last_sample is not None,
-                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
-        policy_input, u = self._last_sample
-        self._last_sample = None
-        require(isinstance(x0, torch.Tensor) and x0.shape[0] == len(u),
-                f"observe() got a batch of {len(x0)} but the last sample() drew {len(u)} timesteps")
-        self._ensure_policy(x0)
+        policy_input, u = self._take_last_sample(x0)
         x0 = x0.detach()
         B, shape = x0.shape[0], tuple(x0.shape[1:])
         picks = self._probe_timesteps()
@@ -457,7 +487,10 @@ class AdaptiveSampler(TimestepSampler):
         self.last_rewards = reward.detach().cpu()
         target = (scan_change * (self.edges[1:] - self.edges[:-1])).sum()
 
-        stats, applied = self._policy_step(probe, reward, finite=bool(torch.isfinite(scan_change).all()))
+        baseline = self.baseline
+        stats, applied = self._policy_step(probe.policy_input, probe.u, reward - baseline,
+                                           finite=bool(torch.isfinite(scan_change).all()))
+        stats["reward_mean"] += baseline  # the step saw r − baseline; log the reward itself
         if applied:
             self.queue.push(scan_change, target)
             selected = self.queue.select(self.subset_size)
@@ -477,21 +510,22 @@ class AdaptiveSampler(TimestepSampler):
             return 0.0
         return self.baseline_ema / (1 - BASELINE_DECAY ** self.baseline_count)
 
-    def _policy_step(self, probe: _Probe, reward: torch.Tensor, finite: bool) -> tuple[dict, bool]:
-        """loss = −mean_b log π(u_b | x0_b)(r_b − baseline) − c_ent mean_b H_b; gradients and diagnostics are
-        averaged over ranks in one all-reduce, then clipped; one Adam step unless anything is non-finite."""
+    def _policy_step(self, policy_input, u: torch.Tensor, advantage: torch.Tensor,
+                     finite: bool) -> tuple[dict, bool]:
+        """loss = −mean_b log π(u_b | x0_b) A_b − c_ent mean_b H_b; gradients and diagnostics are averaged over
+        ranks in one all-reduce, then clipped; one Adam step unless anything is non-finite."""
         params = list(self.policy.parameters())
         device = params[0].device
-        alpha, beta = (v.double() for v in self._run_policy(probe.policy_input))
+        alpha, beta = (v.double() for v in self._run_policy(policy_input))
         policy = torch.distributions.Beta(alpha, beta, validate_args=False)
-        log_prob, entropy = policy.log_prob(probe.u.to(device)), policy.entropy()
-        reward = reward.to(device)
-        loss = -(log_prob * (reward - self.baseline)).mean() - self.entropy_coef * entropy.mean()
+        log_prob, entropy = policy.log_prob(u.to(device)), policy.entropy()
+        advantage = advantage.to(device)
+        loss = -(log_prob * advantage).mean() - self.entropy_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
 
-        bad = not (finite and bool(torch.isfinite(reward).all()) and bool(torch.isfinite(loss)))
-        diagnostics = torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), reward.mean(),
+        bad = not (finite and bool(torch.isfinite(advantage).all()) and bool(torch.isfinite(loss)))
+        diagnostics = torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), advantage.mean(),
                                    loss, entropy.mean(), alpha.mean(), (alpha ** 2).mean(), beta.mean(),
                                    (beta ** 2).mean()]).detach()
         flat = torch.cat([p.grad.flatten().double() for p in params] + [diagnostics])

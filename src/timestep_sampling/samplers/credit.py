@@ -1,0 +1,127 @@
+"""First-order credit: how much ONE sample's gradient step lowers the variational bound (METHOD.md §7).
+
+Eq. 14 of the paper rewards sample b with the drop of its own image's bound terms after an update on the
+whole batch. That drop is the batch's common effect; b's own timestep causes about 1/B of it, so the
+reward carries almost no information about t_b. Credit assignment asks instead what b's own share of
+the update does. One optimiser step on b alone moves θ by −η·P·g_b (g_b = ∇_θ loss_b, P the optimiser's
+preconditioner), which changes a bound estimate L̂ by, to first order,
+
+    −η · ∇L̂ · P g_b = −η · c_b,        c_b = g_b · (P ∇L̂) = d/dδ loss_b(θ + δ·P∇L̂) at δ = 0.
+
+So c_b > 0 means "training on (x0_b, t_b) lowers the bound". It costs one backward pass of L̂ on a small
+probe batch and two forward passes of the training batch (a central difference at θ ± δ·d, d = P∇L̂
+scaled to unit RMS), all in eval mode (no dropout) and without touching the user's .grad.
+
+What it assumes, and where it breaks:
+- Linearity over one step: exact as δ → 0; real steps are small (Adam moves each weight by ~lr).
+- P is the preconditioner of the step about to be taken, read from the optimiser's state before the step
+  (Adam/AdamW/NAdam/RAdam: 1/(√v̂ + ε); RMSprop: 1/(√avg + ε); SGD or no optimiser: the identity). Adam's
+  momentum spreads b's gradient over later steps in the same direction, which scales every c_b alike.
+  Before an Adam-family optimiser's first step there is no v̂, and P = I.
+- Gradient clipping and the learning rate scale all c_b alike: they do not change which t is credited.
+- The loss is the plain ε-MSE: a loss weighting w_t in the user's loop multiplies b's true credit by w_{t_b}.
+- The bound is estimated on training images; the evaluated model is often an EMA of θ, not θ itself.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..bound import stratified_timesteps
+from ..diffusion import mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
+from ..schedule import NoiseSchedule
+
+# Optimisers whose state holds a running second moment, and the key it is kept under.
+_SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout); every submodule's own mode restored after."""
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def unwrap(model):
+    """The module inside DDP: the probes need no gradient hooks or collectives."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def preconditioner(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> torch.Tensor | None:
+    """diag(P) of `optimizer` for `param`, or None for the identity (SGD, no optimiser, no state yet)."""
+    if optimizer is None:
+        return None
+    state = optimizer.state.get(param, {})
+    key = next((k for k in _SECOND_MOMENT_KEYS if k in state), None)
+    if key is None:
+        return None
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    moment = state[key]
+    if key == "exp_avg_sq":  # Adam family: bias-corrected v̂
+        step = float(state["step"])
+        if step == 0:
+            return None
+        moment = moment / (1 - group["betas"][1] ** step)
+    return 1.0 / (moment.sqrt() + group["eps"])
+
+
+def bound_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, generator: torch.Generator, *,
+                bins: int, variance: str) -> torch.Tensor:
+    """An unbiased estimate of Σ_t L_t (bits/dim) with autograd: one t from each of `strata` log-spaced
+    strata of [0, T) (narrow at small t, where the bound lives), each on its own image of x0, weighted by
+    its stratum's width and averaged over images."""
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    t, weights = stratified_timesteps(schedule.T, exact_below=0, strata=strata, seed=seed)
+    images = x0[torch.arange(len(t)) % len(x0)]
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    t, weights = t.to(x0.device), weights.to(x0.device)
+    xt = q_sample(schedule, images, t, noise)
+    terms = vlb_terms_from_eps(schedule, images.double(), xt.double(), t, predict_eps(model, xt, t).double(),
+                               bins=bins, variance=variance)
+    return (terms * weights).sum()
+
+
+def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
+                       optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
+                       strata: int = 64, delta: float = 1e-3, bins: int = 256,
+                       variance: str = "fixed-large") -> torch.Tensor:
+    """c_b for every sample of the batch (x0, t), float64 on the CPU. Larger is better. The model's
+    weights are restored bit for bit; its .grad and the optimiser are not touched."""
+    net = unwrap(model)
+    params = [p for p in net.parameters() if p.requires_grad]
+    with eval_mode(net):
+        probe = bound_probe(net, schedule, x0.detach(), strata, generator, bins=bins, variance=variance)
+        grads = torch.autograd.grad(probe, params, allow_unused=True)
+        direction = []
+        for p, g in zip(params, grads):
+            g = torch.zeros_like(p) if g is None else g
+            scale = preconditioner(optimizer, p)
+            direction.append(g if scale is None else g * scale)
+        # Unit RMS per weight, so that δ is a step of the size Adam takes (~lr per weight).
+        rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
+        if not torch.isfinite(rms) or rms == 0:
+            return torch.full((len(x0),), float("nan"), dtype=torch.float64)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            try:
+                for p, d in zip(params, direction):
+                    p.add_(d, alpha=float(delta / rms))
+                plus = mse_per_sample(net, schedule, x0, t, noise).double()
+                for p, d in zip(params, direction):
+                    p.add_(d, alpha=float(-2 * delta / rms))
+                minus = mse_per_sample(net, schedule, x0, t, noise).double()
+            finally:
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+    return ((plus - minus) / (2 * delta)).cpu()
