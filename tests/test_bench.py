@@ -315,3 +315,48 @@ def test_cli_bench_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert err.startswith("error: unknown method 'bogus'") and "valid choices" in err and err.count("\n") == 1
     assert main(["bench", "--out", str(tmp_path / "b"), "--inception", str(tmp_path / "none.pt")]) == 2
     assert "nothing is downloaded" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- records across invocations
+
+def test_records_fill_a_grid_across_invocations_and_the_report_covers_them_all(tmp_path, classifier_cache,
+                                                                               monkeypatch):
+    """Two invocations into different output folders share one records folder: the second trains only the
+    cells the first did not record, reports every recorded run, and a frozen-final cell takes the learned
+    run's last Beta."""
+    records = tmp_path / "records"
+    for name in ("a", "b"):
+        shutil.copytree(classifier_cache, tmp_path / name / "classifier")
+    first = bench.run_bench(tiny_settings(tmp_path / "a", records=str(records), methods="uniform"))
+    assert first["trained"] == 1 and sorted(p.name for p in records.iterdir()) == ["uniform__linear__s0.json"]
+    kept = json.loads((records / "uniform__linear__s0.json").read_text())
+    assert {"commit", "threads", "machine", "date"} <= set(kept["provenance"])
+    assert [e["step"] for e in kept["evals"]] == [0, 5, 10] and kept["sampler"] is None
+
+    learned = "adaptive:update_every=2+none"
+    second = bench.run_bench(tiny_settings(tmp_path / "b", records=str(records), methods=f"uniform,{learned}"))
+    assert second["recorded"] == 1 and second["trained"] == 1
+    assert not (tmp_path / "b" / "runs" / "uniform__linear__s0").exists()  # taken from the record
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert {r["method"] for r in results["records"]} == {"uniform", learned}
+    track = json.loads((records / f"{bench.run_name(learned, 'linear', 0)}.json").read_text())["sampler"]
+    assert track["alpha"] > 0 and track["tv_from_start"] > 0 and len(track["density"][0]) == 10
+
+    # Settings that change what a run means (here the step count) neither reuse nor mix in the records.
+    other = tiny_settings(tmp_path / "c", records=str(records), methods="uniform", steps=6, eval_every=3)
+    assert bench.read_record(records, "uniform__linear__s0", other) is None
+    assert bench.all_records(records, other) == []
+
+
+def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
+    settings = tiny_settings(tmp_path, methods="uniform")
+    folder = tmp_path / "runs" / bench.run_name("adaptive", "linear", 0)
+    folder.mkdir(parents=True)
+    densities = [{"step": 0, "density": [0.1] * 10}, {"step": 5, "density": [0.2] * 5 + [0.0] * 5}]
+    (folder / train_module.DENSITY_LOG).write_text("".join(json.dumps(d) + "\n" for d in densities))
+    final = {"alpha_mean": 0.5, "alpha_std": 0.0, "beta_mean": 1.25, "beta_std": 0.0}
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "sampler": final}) + "\n")
+    assert bench.frozen_final_method(settings, "adaptive-final", "linear", 0) == "beta:a=0.5,b=1.25+none"
+    assert bench.sampler_summary(folder)["tv_from_start"] == pytest.approx(0.5)
+    with pytest.raises(UserError, match="run adaptive-paper first"):
+        bench.frozen_final_method(settings, "adaptive-paper-final", "linear", 0)

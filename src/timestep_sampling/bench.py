@@ -180,9 +180,10 @@ def sampler_summary(folder: Path) -> dict | None:
     digits), the total variation between its first and last density, and, for a global Beta policy, the
     final (α, β). None for a sampler whose density never changed."""
     densities = _read_jsonl(folder / train_module.DENSITY_LOG)
-    if len(densities) < 2:
+    track = np.asarray([r["density"] for r in densities], dtype=np.float64)
+    if len(track) < 2 or np.abs(track - track[0]).max() <= 1e-6 * track.max():
         return None
-    first, last = (np.asarray(densities[i]["density"], dtype=np.float64) for i in (0, -1))
+    first, last = track[0], track[-1]
     updates = [r["sampler"] for r in _read_jsonl(folder / "metrics.jsonl") if "sampler" in r]
     final = updates[-1] if updates else {}
     global_beta = final.get("alpha_std") == 0.0 and final.get("beta_std") == 0.0
@@ -542,8 +543,8 @@ def plot_curves(records: list[dict], metric: str, out_path: Path) -> Path:
 
 
 def density_tracks(settings: BenchSettings) -> dict[tuple[str, str], tuple[int, dict]]:
-    """(method, schedule) → (seed, sampler_summary) of the lowest seed whose sampler's density changed, from
-    the records when there are any and from the run folders otherwise."""
+    """(method, schedule) → (seed, sampler_summary) of the lowest seed whose sampler's density changed (a
+    fixed or frozen sampler has no summary), from the records when there are any, else the run folders."""
     found = []
     if settings.records:
         found = [(r["method"], r["schedule"], r["seed"], r["sampler"])
@@ -555,9 +556,7 @@ def density_tracks(settings: BenchSettings) -> dict[tuple[str, str], tuple[int, 
                 found.append((method, schedule, seed, summary))
     tracks = {}
     for method, schedule, seed, summary in sorted(found, key=lambda f: f[2]):
-        dens = np.asarray(summary["density"])
-        if np.abs(dens - dens[0]).max() > 1e-6 * dens.max():  # a fixed (or frozen) sampler: nothing to show
-            tracks.setdefault((method, schedule), (seed, summary))
+        tracks.setdefault((method, schedule), (seed, summary))
     return tracks
 
 
