@@ -9,7 +9,16 @@ Rounding gives t = 0 and t = T − 1 half the mass of their neighbours; "even" g
 mass when u is uniform. The loss is not re-weighted (weights are ones): the sampler deliberately
 changes how much each timestep is trained.
 
-Every K = `update_every` steps the sampler learns from the model update it wraps (`observe`):
+Every K = `update_every` steps the sampler learns from the model update it wraps (`observe`), with one
+of two rewards.
+
+reward="credit" (the default; credit.py): before the step, each sample's first-order credit
+c_b = g_b · P∇L̂ (its gradient against the optimiser-preconditioned gradient of a bound estimate), then
+
+    A_b        = (c_b − mean c) / std c   over the whole batch (all ranks)
+    loss(φ)    = −mean_b[ log π_φ(u_b | x0_b) A_b ] − c_ent · mean_b H(Beta_b)
+
+reward="paper" (eq. 14, the faithful control; it carries almost no information about t_b, METHOD.md §7):
 
     before θ_k:   L_t'(x0_b) for t' ∈ S and every sample b;  L_j(x̃0) for one image x̃0 at every probe j
     (the user's optimiser step θ_k → θ_{k+1})
@@ -153,12 +162,18 @@ class AdaptiveSampler(TimestepSampler):
             loss = (w * mse_per_sample(model, schedule, x0, t)).mean()
             loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-    On K − 1 of every K steps `observe` only counts. Options (paper defaults):
-      conditioned     True: π(· | x0) is a CNN (images) or MLP (vectors); False: one global Beta.
+    On K − 1 of every K steps `observe` only counts. Options:
+      reward          "credit" (default): each sample's first-order credit for its own timestep (credit.py),
+                      standardised over the batch; "paper": eq. 14 as published, the faithful control,
+                      whose reward carries almost no information about the sample's timestep (METHOD.md §7).
+      credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
+      credit_delta    the central difference's step along the unit-RMS direction (1e-3).
+      conditioned     False (default): one global Beta; True: π(· | x0) is a CNN (images) or MLP (vectors),
+                      as in the paper.
       lr              sampler Adam learning rate; None → 1e-2 (linear, quad), 1e-3 (cosine). 0 freezes it.
       update_every    K, steps between sampler updates (40).
-      queue_size      rows of the feature-selection queue (20).
-      subset_size     |S|, probes per sample for the reward (3).
+      queue_size      rows of the feature-selection queue (20; the paper's reward only).
+      subset_size     |S|, probes per sample for the paper's reward (3).
       entropy_coef    c_ent (1e-2).       grad_clip   sampler gradient-norm clip (1.0; None: off).
       mapping         "round" (t = round(u(T−1))) or "even" (t = ⌊uT⌋).
       common_noise    same (t, ε, x_t) before and after the update (True; False: fresh noise, as the reference).
@@ -593,5 +608,9 @@ class AdaptiveSampler(TimestepSampler):
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
-        return (f"AdaptiveSampler(T={self.T}, conditioned={self.conditioned}, lr={self.lr}, K={self.update_every}, "
-                f"|S|={self.subset_size}, queue={self.queue_size}, scan={scan}, mapping={self.mapping!r})")
+        if self.reward == "credit":
+            return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
+                    f"K={self.update_every}, credit_strata={self.credit_strata}, mapping={self.mapping!r})")
+        return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "
+                f"K={self.update_every}, |S|={self.subset_size}, queue={self.queue_size}, scan={scan}, "
+                f"mapping={self.mapping!r})")
