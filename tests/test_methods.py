@@ -18,8 +18,11 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["adaptive-min-snr"] == ("adaptive", "min-snr")
     assert METHODS["adaptive-frozen"] == ("adaptive:lr=0", "none")
     assert available_methods() == sorted(METHODS)
-    assert METHODS["adaptive-full-scan"] == ("adaptive:scan=None", "none")
-    assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan"}
+    assert METHODS["adaptive-paper"] == ("adaptive:reward=paper,conditioned=True", "none")
+    assert METHODS["adaptive-full-scan"] == ("adaptive:reward=paper,conditioned=True,scan=None", "none")
+    assert METHODS["credit-proportional"] == ("credit-proportional", "none")
+    assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
+                              "adaptive-conditioned"}
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE))

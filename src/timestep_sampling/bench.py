@@ -49,8 +49,9 @@ DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2
                    "adaptive-min-snr", "adaptive-frozen", "beta-0.95")
 DEFAULT_SCHEDULES = ("linear", "cosine", "quad")
 BASELINE = "uniform"
-# --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in < 5 min on 2 cores.
-QUICK = dict(methods=("uniform", "min-snr", "adaptive"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
+# --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
+# 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds.
+QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
              final_exact=False, eval_strata=20, fd_samples=256, ddim_steps=20, warmup=50, ema_decay=0.99)
 FULL = dict(methods=DEFAULT_METHODS, schedules=DEFAULT_SCHEDULES, seeds=3, steps=3000, eval_every=500,
             final_exact=True, eval_strata=80, fd_samples=1000, ddim_steps=50, warmup=200, ema_decay=0.999)
@@ -481,7 +482,7 @@ def paired_comparison(records: list[dict], metric: str, baseline: str = BASELINE
                     if m == method and s == schedule and r.get(metric) is not None}
             seeds = sorted(set(mine) & set(base))
             diffs = [mine[s] - base[s] for s in seeds]
-            row = {"schedule": schedule, "method": method, "metric": metric, "seeds": len(seeds),
+            row = {"schedule": schedule, "method": method, "baseline": baseline, "metric": metric, "seeds": len(seeds),
                    "diffs": diffs, "mean_diff": None, "sd_diff": None, "better_seeds": sum(d < 0 for d in diffs),
                    "p_value": None, "spread": None, "verdict": "no paired seeds"}
             if diffs:
@@ -560,7 +561,7 @@ def density_tracks(settings: BenchSettings) -> dict[tuple[str, str], tuple[int, 
     return tracks
 
 
-def plot_densities(settings: BenchSettings, out: Path) -> list[Path]:
+def plot_densities(settings: BenchSettings, out: Path, tracks: dict | None = None) -> list[Path]:
     """DIR/density_<method>__<schedule>.png for every method whose sampler density changed during training
     (the learned samplers), from the lowest seed that has a track."""
     try:
@@ -568,7 +569,7 @@ def plot_densities(settings: BenchSettings, out: Path) -> list[Path]:
     except ImportError:
         return []
     written = []
-    for (method, schedule), (seed, summary) in sorted(density_tracks(settings).items()):
+    for (method, schedule), (seed, summary) in sorted((density_tracks(settings) if tracks is None else tracks).items()):
         dens = np.asarray(summary["density"], dtype=np.float64)
         name = f"density_{run_name(method, schedule, seed).rsplit('__s', 1)[0]}.png"
         written.append(plot_density_over_training(
@@ -638,24 +639,45 @@ def ttq_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_table(rows: list[dict], metric: str) -> str:
+def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     rows = [r for r in rows if r["metric"] == metric]
     if not rows:
-        return f"(needs `{BASELINE}` in --methods)\n"
+        return f"(needs `{baseline}` in --methods)\n"
     d = _digits(metric)
-    lines = [f"| schedule | method | mean Δ vs {BASELINE} | per-seed Δ | seeds better | sd of Δ | seed spread | "
-             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| schedule | method | vs | mean Δ | per-seed Δ | seeds better | sd of Δ | seed spread | "
+             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"]) or "–"
         mean = "–" if r["mean_diff"] is None else f"{r['mean_diff']:+.{d}f}"
-        lines.append(f"| {r['schedule']} | {r['method']} | {mean} | {per_seed} | {r['better_seeds']}/{r['seeds']} | "
-                     f"{_fmt(r['sd_diff'], d)} | {_fmt(r['spread'], d)} | {_fmt(r['p_value'], 3)} | {r['verdict']} |")
+        lines.append(f"| {r['schedule']} | {r['method']} | {r['baseline']} | {mean} | {per_seed} | "
+                     f"{r['better_seeds']}/{r['seeds']} | {_fmt(r['sd_diff'], d)} | {_fmt(r['spread'], d)} | "
+                     f"{_fmt(r['p_value'], 3)} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
-def headline(summary: list[dict], paired: list[dict]) -> str:
+# The learned sampler is judged against what could explain its gain without learning: its own policy frozen
+# at the start, a fixed Beta, its final Beta fixed from step 0, the credit without a policy, the paper's reward.
+LEARNED = "adaptive"
+CONTROLS = ("adaptive-frozen", "beta-0.95", "adaptive-final", "credit-proportional", "adaptive-paper")
+
+
+def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
+    """Paired rows of the learned sampler against each control present (Δ = learned − control)."""
+    return [row for control in CONTROLS for row in paired_comparison(records, metric, baseline=control)
+            if row["method"] == LEARNED]
+
+
+def density_lines(tracks: dict) -> list[str]:
+    """One line per learned density: how far it moved from its start, and its mass on t < 20."""
+    return [f"  {method} ({schedule}, seed {seed}): density moved by total variation {t['tv_from_start']:.2f} "
+            f"from its start; mass on t < 20 {t['mass_t_below_20'][0]:.3f} -> {t['mass_t_below_20'][-1]:.3f}"
+            for (method, schedule), (seed, t) in sorted(tracks.items())]
+
+
+def headline(summary: list[dict], paired: list[dict], controls: list[dict] = (), tracks: dict | None = None) -> str:
     """The final checkpoint of every method, per schedule, as plain text for the terminal: mean ± std
-    over seeds of each metric, and the paired verdict against the baseline."""
+    over seeds of each metric, and the paired verdict against the baseline; then the learned sampler
+    against its controls, and how far each learned density moved."""
     verdicts = {(r["schedule"], r["method"], r["metric"]): r["verdict"] for r in paired}
     lines = []
     for schedule in dict.fromkeys(r["schedule"] for r in summary):
@@ -675,6 +697,13 @@ def headline(summary: list[dict], paired: list[dict]) -> str:
     if any(m.startswith("adaptive") for m in methods) and "adaptive-frozen" not in methods:
         lines.append("  (no adaptive-frozen control in this run: a gain of the adaptive sampler may come from its "
                      "starting distribution rather than from learning; add --methods ...,adaptive-frozen)")
+    for r in controls:
+        label = "bits/dim" if r["metric"] == "test_bpd" else r["metric"].upper()
+        d = _digits(r["metric"])
+        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"])
+        lines.append(f"  {r['method']} vs {r['baseline']} ({r['schedule']}): {label} Δ per seed {per_seed} "
+                     f"({r['verdict']})")
+    lines += density_lines(tracks or {})
     return "\n".join(lines)
 
 
@@ -687,7 +716,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
 
 
-def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path) -> Path:
+def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path,
+                 controls: list[dict] = (), tracks: dict | None = None) -> Path:
     metrics = metrics_in(records)
     quality = [m for m in ("fd", "fid") if m in metrics]
     s = settings
@@ -751,6 +781,12 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     lines += ["## Paired comparison with uniform at the final checkpoint", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric)]
+    lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
+              "Δ = adaptive − control, same seed. A gain that a control shares is not learning.", ""]
+    for metric in ["test_bpd"] + quality:
+        lines += [f"### {METRIC_LABELS[metric]}", "",
+                  paired_table([r for r in controls if r["metric"] == metric], metric, ", ".join(CONTROLS))]
+    lines += ["### Learned densities", ""] + [ln.strip() for ln in density_lines(tracks or {})] + [""]
     lines += ["## Cost (measured in this run)", ""]
     lines += ["| method | runs trained now | training steps/s | wall-clock s per run trained in one go (training + "
               "evaluations) |",
@@ -875,15 +911,17 @@ def run_bench(settings: BenchSettings) -> dict:
         records = [e for r in all_records(settings.records, settings) for e in r["evals"]]
 
     summary = summarize(records)
-    ttq, paired = [], []
+    ttq, paired, controls = [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":
             ttq += time_to_quality(records, metric)
         if metric != "test_bpd_estimate":
             paired += paired_comparison(records, metric)
+            controls += learned_vs_controls(records, metric)
+    tracks = density_tracks(settings)
     plots = [plot_curves(records, m, out / f"curves_{m}.png")
              for m in metrics_in(records) if m != "test_bpd"]
-    plots += plot_densities(settings, out)
+    plots += plot_densities(settings, out, tracks)
     costs = {"device": str(device), "total_seconds": time.perf_counter() - wall, **counts,
              "score_seconds_per_checkpoint": float(np.mean(score_seconds)) if score_seconds else None,
              "methods": {m: {"trained": c["trained"],
@@ -897,6 +935,6 @@ def run_bench(settings: BenchSettings) -> dict:
     write_csv(out / "summary.csv", summary)
     write_csv(out / "time_to_quality.csv", ttq)
     write_csv(out / "paired.csv", paired)
-    report = write_report(settings, records, summary, ttq, paired, costs, classifier, plots, out)
+    report = write_report(settings, records, summary, ttq, paired, costs, classifier, plots, out, controls, tracks)
     return {"report": report, "plots": plots, "records": len(records), **counts,
-            "total_seconds": costs["total_seconds"], "headline": headline(summary, paired)}
+            "total_seconds": costs["total_seconds"], "headline": headline(summary, paired, controls, tracks)}

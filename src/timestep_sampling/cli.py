@@ -184,7 +184,7 @@ def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="train a grid of methods x schedules x seeds and compare them "
                                      "(bits/dim, FD, time-to-quality, plots)")
     p.add_argument("--out", required=True, help="folder for runs/, results.json, summary.csv, report.md, *.png")
-    p.add_argument("--quick", action="store_true", help="uniform, min-snr, adaptive; linear; 2 seeds; 400 steps "
+    p.add_argument("--quick", action="store_true", help="uniform, adaptive, adaptive-frozen; linear; 2 seeds; 400 steps "
                                                         "(a few minutes on 2 CPU cores)")
     p.add_argument("--methods", help="comma-separated method presets (default: uniform, p2, min-snr, logit-normal, "
                                      "speed, speed-2024, adaptive, adaptive-min-snr, adaptive-frozen, beta-0.95)")
