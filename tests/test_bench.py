@@ -315,3 +315,9 @@ def test_cli_bench_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert err.startswith("error: unknown method 'bogus'") and "valid choices" in err and err.count("\n") == 1
     assert main(["bench", "--out", str(tmp_path / "b"), "--inception", str(tmp_path / "none.pt")]) == 2
     assert "nothing is downloaded" in capsys.readouterr().err
+
+
+def test_bench_settings_cannot_override_the_methods_they_name(tmp_path):
+    """Records and plots name a run by its method, so a sampler or weighting may not silently replace it."""
+    with pytest.raises(UserError, match="cannot override sampler; name the pair as a method"):
+        bench.make_settings(tmp_path, methods="uniform", extra={"sampler": "adaptive"})

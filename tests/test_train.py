@@ -103,3 +103,16 @@ def test_a_learning_sampler_leaves_its_density_over_training(tmp_path):
     updates = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "sampler_update" in ln]
     assert [r["sampler_update"] for r in updates] == list(range(1, 16))  # one line per policy update (K = 2)
     assert {"alpha_mean", "beta_mean", "alpha_std", "beta_std", "subset", "reward_mean"} <= set(updates[0]["sampler"])
+
+
+def test_a_run_is_named_by_the_sampler_and_weighting_it_trains(tmp_path, capsys):
+    """`--sampler` overriding the `uniform` preset trains the adaptive sampler: the header and config.json say so."""
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, method="uniform", sampler="adaptive:update_every=4"), progress=False)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "method=adaptive:update_every=4+none," in header and "method=uniform" not in header, header
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["method"] == "adaptive:update_every=4+none" and saved["sampler"] == "adaptive:update_every=4"
+    # and it resumes under that name (the same command, and config.json read back, name the same run)
+    train(tiny_config(out, steps=3, method="uniform", sampler="adaptive:update_every=4"), resume=True, progress=False)
+    train(make_config(out / "config.json", steps=4), resume=True, progress=False)

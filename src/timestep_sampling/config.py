@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UserError, unknown_choice
+from .methods import method_label
 
 
 @dataclass
@@ -102,7 +103,11 @@ def make_config(file: str | Path | None = None, **overrides) -> TrainConfig:
     types = {f.name: f.type for f in fields(TrainConfig)}
     for key, value in values.items():
         values[key] = _coerce(key, value, types[key])
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    # `method` names what is trained: a preset overridden by --sampler / --weighting becomes the name of
+    # the pair actually used (idempotent, so a saved config.json read back names the same run).
+    cfg.method = method_label(cfg.method, cfg.sampler, cfg.weighting)
+    return cfg
 
 
 def _coerce(key, value, type_name: str):

@@ -24,7 +24,7 @@ from .data import ImageDataset, batch_indices, load_data
 from .diffusion import mse_per_sample
 from .devices import check_device
 from .errors import UserError
-from .methods import make_method
+from .methods import effective_specs, method_label
 from .models import count_parameters, make_unet
 from .plotting import plot_density_over_training, sampler_learns, trained_density
 from .samplers import make_sampler
@@ -64,11 +64,8 @@ def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
 def build_method(cfg: TrainConfig, schedule: NoiseSchedule, data: ImageDataset):
     """(sampler, weighting) from the method preset, with --sampler / --weighting overriding its parts.
     Samplers that score the bound themselves (adaptive) are told the data's quantisation."""
-    sampler, weighting = make_method(cfg.method, schedule)
-    if cfg.sampler:
-        sampler = make_sampler(cfg.sampler, schedule)
-    if cfg.weighting:
-        weighting = make_weighting(cfg.weighting, schedule)
+    sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
+    sampler, weighting = make_sampler(sampler_spec, schedule), make_weighting(weighting_spec, schedule)
     if hasattr(sampler, "configure_bound"):
         sampler.configure_bound(bins=data.bins, variance=cfg.variance)
     return sampler, weighting
@@ -104,6 +101,7 @@ class Trainer:
         warmup = max(cfg.warmup, 1)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
         self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
+        self.label = method_label(cfg.method, cfg.sampler, cfg.weighting)  # what this run trains, by name
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
         self._logged_updates = getattr(self.sampler, "updates", None)
         if resume:
@@ -156,7 +154,7 @@ class Trainer:
             return None
         return plot_density_over_training([r["step"] for r in records], [r["density"] for r in records],
                                           self.out / "sampler_density.png",
-                                          title=f"{self.cfg.method}: sampler {self.sampler!r}")
+                                          title=f"{self.label}: sampler {self.sampler!r}")
 
     # ----- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -264,7 +262,7 @@ class Trainer:
         cfg = self.cfg
         if self.is_main and self.step == 0:
             print(f"training {count_parameters(self.net):,}-parameter UNet on {self.data!r}, "
-                  f"method={cfg.method}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}")
+                  f"method={self.label}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}")
         if self.step == 0:
             bpd = self.evaluate(exact=False)
             self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})
@@ -338,10 +336,17 @@ def _all_finite(x: torch.Tensor) -> bool:
 def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
     """A checkpoint can only continue a run with the same data shape, schedule and model."""
     old = meta["config"]
-    for key in ("T", "schedule", "beta_start", "beta_end", "model", "method", "sampler", "weighting"):
+    for key in ("T", "schedule", "beta_start", "beta_end", "model"):
         if old.get(key) != getattr(cfg, key):
             raise UserError(f"checkpoint was trained with {key}={old.get(key)!r} but this run has "
                             f"{key}={getattr(cfg, key)!r}; use the same settings or a new --out folder")
+    # The method is compared by what it trains, not how it was spelt: a checkpoint written before config.json
+    # named the pair (method "uniform" with --sampler adaptive) resumes under the pair's own name.
+    before = method_label(old.get("method", "uniform"), old.get("sampler"), old.get("weighting"))
+    now = method_label(cfg.method, cfg.sampler, cfg.weighting)
+    if before != now:
+        raise UserError(f"checkpoint was trained with method={before!r} but this run has method={now!r}; "
+                        f"use the same settings or a new --out folder")
     if list(meta["data_shape"]) != list(data.shape):
         raise UserError(f"checkpoint was trained on images of shape {meta['data_shape']} but the data "
                         f"{cfg.data!r} has shape {list(data.shape)}")
