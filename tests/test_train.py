@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from timestep_sampling.checkpoint import latest_checkpoint, list_checkpoints
 from timestep_sampling.config import make_config
+from timestep_sampling.errors import UserError
 from timestep_sampling.train import Trainer, train
 
 
@@ -116,3 +117,69 @@ def test_a_run_is_named_by_the_sampler_and_weighting_it_trains(tmp_path, capsys)
     # and it resumes under that name (the same command, and config.json read back, name the same run)
     train(tiny_config(out, steps=3, method="uniform", sampler="adaptive:update_every=4"), resume=True, progress=False)
     train(make_config(out / "config.json", steps=4), resume=True, progress=False)
+
+
+def crash_at(monkeypatch, step):
+    """Make Trainer.train_step raise KeyboardInterrupt (a simulated kill) when it reaches `step`."""
+    original = Trainer.train_step
+
+    def crash(self):
+        if self.step == step:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    return original
+
+
+def test_resume_before_the_first_checkpoint_starts_from_step_0(tmp_path, monkeypatch, capsys):
+    """A run killed before its first checkpoint restarts with the same command (--resume) and equals an
+    uninterrupted run; so does --resume on a folder that does not exist yet."""
+    straight = tmp_path / "straight"
+    train(tiny_config(straight, steps=12, checkpoint_every=10), progress=False)
+
+    killed = tmp_path / "killed"
+    original = crash_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(killed, steps=12, checkpoint_every=10), progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert latest_checkpoint(killed / "checkpoints") is None and (killed / "config.json").exists()
+    capsys.readouterr()
+    assert train(tiny_config(killed, steps=12, checkpoint_every=10), resume=True, progress=False)["step"] == 12
+    notices = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("--resume:")]
+    assert notices == [f"--resume: no checkpoint under {killed / 'checkpoints'} yet; starting from step 0"]
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_lines(straight) == loss_lines(killed)  # the killed attempt's log lines were not kept
+
+    fresh = tmp_path / "never-made"
+    assert train(tiny_config(fresh, steps=2), resume=True, progress=False)["step"] == 2
+
+
+@pytest.mark.parametrize("change", [{"T": 50}, {"schedule": "cosine"}, {"method": "min-snr"},
+                                    {"sampler": "logit-normal"}, {"data": "elsewhere.npz"}],
+                         ids=["T", "schedule", "method", "sampler", "data"])
+def test_resume_without_a_checkpoint_refuses_another_runs_folder(tmp_path, change):
+    out = tmp_path / "run"
+    out.mkdir()
+    theirs = tiny_config(out)
+    for key, value in change.items():
+        setattr(theirs, key, value)
+    theirs.save(out / "config.json")
+    (out / "metrics.jsonl").write_text('{"step": 0, "test_bpd": 1.0}\n')
+    with pytest.raises(UserError) as info:
+        train(tiny_config(out), resume=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "no checkpoint yet" in message and "use the same settings" in message, message
+    key = "method" if "sampler" in change else next(iter(change))
+    assert f"{key}=" in message, message
+    assert (out / "metrics.jsonl").read_text() == '{"step": 0, "test_bpd": 1.0}\n'  # their log is untouched
+
+
+@pytest.mark.parametrize("steps, interval", [(400, 40), (3000, 300), (20000, 500), (5, 1), (1, 1)])
+def test_the_default_checkpoint_interval_follows_the_runs_length(steps, interval):
+    cfg = make_config(steps=steps)
+    assert cfg.checkpoint_every is None and cfg.checkpoint_interval == interval
+    assert cfg.checkpoint_interval < steps or steps == 1  # a checkpoint before the end, to resume from
+    assert make_config(steps=steps, checkpoint_every=250).checkpoint_interval == 250
+    assert make_config(steps=steps, checkpoint_every=0).checkpoint_interval == 0  # only the final one

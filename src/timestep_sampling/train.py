@@ -104,9 +104,7 @@ class Trainer:
         self.label = method_label(cfg.method, cfg.sampler, cfg.weighting)  # what this run trains, by name
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
         self._logged_updates = getattr(self.sampler, "updates", None)
-        if resume:
-            self._resume()
-        elif self.is_main:
+        if not (resume and self._resume()) and self.is_main:
             self._start_fresh()
 
     # ----- output -----------------------------------------------------------------------------
@@ -170,10 +168,14 @@ class Trainer:
         save_checkpoint(self.out / "checkpoints", self.step, {"model": self.net.state_dict(),
                         "ema": self.ema.state_dict()}, self.state(), meta, keep=self.cfg.keep_checkpoints)
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Continue from the last checkpoint; False when there is none yet (the run starts from step 0), so
+        that a run killed before its first checkpoint restarts with the same command."""
         path = latest_checkpoint(self.out / "checkpoints")
         if path is None:
-            raise UserError(f"--resume: no checkpoint found under {self.out / 'checkpoints'}")
+            check_same_run(self.out / "config.json", self.cfg)  # but not over another run's folder
+            self.say(f"--resume: no checkpoint under {self.out / 'checkpoints'} yet; starting from step 0")
+            return False
         weights, state, meta = load_checkpoint(path, map_location=self.device)
         check_compatible(meta, self.cfg, self.data)
         self.net.load_state_dict(weights["model"])
@@ -188,6 +190,7 @@ class Trainer:
             for log in (self.out / "metrics.jsonl", self.out / DENSITY_LOG):
                 _truncate_log(log, self.step)
             self.cfg.save(self.out / "config.json")
+        return True
 
     # ----- one step ---------------------------------------------------------------------------
     def train_step(self) -> float | None:
@@ -297,7 +300,7 @@ class Trainer:
                 self.log_density()
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid(f"step_{self.step:08d}")
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
                 self.save()
             if window_steps == 0:  # evaluation and checkpoints are not training time
                 window_start = time.perf_counter()
@@ -333,20 +336,39 @@ def _all_finite(x: torch.Tensor) -> bool:
     return dist_utils.all_reduce_sum_(bad).item() == 0
 
 
-def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
-    """A checkpoint can only continue a run with the same data shape, schedule and model."""
-    old = meta["config"]
-    for key in ("T", "schedule", "beta_start", "beta_end", "model"):
-        if old.get(key) != getattr(cfg, key):
-            raise UserError(f"checkpoint was trained with {key}={old.get(key)!r} but this run has "
-                            f"{key}={getattr(cfg, key)!r}; use the same settings or a new --out folder")
+SAME_RUN_KEYS = ("T", "schedule", "beta_start", "beta_end", "model")  # and the method, by what it trains
+
+
+def check_same_settings(old: dict, cfg: TrainConfig, source: str, keys=SAME_RUN_KEYS) -> None:
+    """A UserError unless the config `old` (from `source`) and `cfg` describe the same run in `keys` and method."""
     # The method is compared by what it trains, not how it was spelt: a checkpoint written before config.json
     # named the pair (method "uniform" with --sampler adaptive) resumes under the pair's own name.
-    before = method_label(old.get("method", "uniform"), old.get("sampler"), old.get("weighting"))
-    now = method_label(cfg.method, cfg.sampler, cfg.weighting)
-    if before != now:
-        raise UserError(f"checkpoint was trained with method={before!r} but this run has method={now!r}; "
-                        f"use the same settings or a new --out folder")
+    label = method_label(old.get("method", "uniform"), old.get("sampler"), old.get("weighting"))
+    before = {**{key: old.get(key) for key in keys}, "method": label}
+    now = {**{key: getattr(cfg, key) for key in keys}, "method": method_label(cfg.method, cfg.sampler, cfg.weighting)}
+    for key in before:
+        if before[key] != now[key]:
+            raise UserError(f"{source} {key}={before[key]!r} but this run has {key}={now[key]!r}; "
+                            f"use the same settings or a new --out folder")
+
+
+def check_same_run(path: Path, cfg: TrainConfig) -> None:
+    """--resume with no checkpoint yet restarts the run, unless `path` (its config.json) is another run's:
+    one with other data, schedule, model or method is not restarted over."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--resume: cannot read {path} ({type(e).__name__}); delete it or use a new --out folder")
+    if not isinstance(old, dict):
+        raise UserError(f"--resume: {path} is not a run's config (expected a JSON object); use a new --out folder")
+    check_same_settings(old, cfg, f"--resume: {path} (no checkpoint yet) is a run with", SAME_RUN_KEYS + ("data",))
+
+
+def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
+    """A checkpoint can only continue a run with the same data shape, schedule, model and method."""
+    check_same_settings(meta["config"], cfg, "checkpoint was trained with")
     if list(meta["data_shape"]) != list(data.shape):
         raise UserError(f"checkpoint was trained on images of shape {meta['data_shape']} but the data "
                         f"{cfg.data!r} has shape {list(data.shape)}")
