@@ -16,7 +16,7 @@ def _train(args) -> None:
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "steps", "schedule", "seed", "method", "sampler",
                  "weighting", "eval_every", "batch_size", "lr", "model", "device", "T", "checkpoint_every",
-                 "num_samples", "warmup", "ema_decay")}
+                 "num_samples", "warmup", "ema_decay", "ema_warmup")}
     cfg = make_config(args.config, **overrides)
     train(cfg, resume=args.resume, progress=not args.no_progress)
 
@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int)
-    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--ema-decay", type=float, help="the EMA's decay (default 0.999), reached after its warm-up")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="EMA warm-up: update n uses min(decay, (1+n)/(10+n)) (default on; off: constant decay)")
     p.add_argument("--model", help="UNet preset: tiny, small, cifar")
     p.add_argument("--num-samples", type=int, help="images in the final sample grid (0: none)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")

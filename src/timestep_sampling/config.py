@@ -36,6 +36,10 @@ class TrainConfig:
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # EMA warm-up: the update after n earlier ones uses min(ema_decay, (1 + n) / (10 + n)), so the average
+    # starts from the trained weights, not the random initial ones (train.ema_decay_at says why this rule).
+    # False: a constant ema_decay, the trainer's rule before the warm-up existed.
+    ema_warmup: bool = True
     seed: int = 0
     device: str = "auto"
     # faults: non-finite steps are skipped; this many in a row stop the run
