@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -107,8 +108,25 @@ def build_model(cfg: TrainConfig, data: ImageDataset) -> torch.nn.Module:
     return make_unet(data.image_size, data.channels, preset=cfg.model, dropout=cfg.dropout)
 
 
+def preflight(cfg: TrainConfig) -> ImageDataset:
+    """Every check of the user's input that needs no other process, made before joining the process group,
+    and the data it loads (the trainer reuses them). Under torchrun each rank makes the same checks, so an
+    input mistake ends every rank at once with its one line and exit status 2, instead of surfacing after
+    the group has formed, or never, on a rank left waiting for a peer that already stopped."""
+    resolve_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; the group it describes is not joined yet
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    schedule = build_schedule(cfg)
+    sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
+    make_sampler(sampler_spec, schedule)  # built again by the trainer, after its seeding; here only checked
+    make_weighting(weighting_spec, schedule)
+    return load_data(cfg.data)
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
+                 data: ImageDataset | None = None):
         self.cfg = cfg = dataclasses.replace(cfg)  # a copy: resuming may adopt the checkpoint's EMA rule
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = resolve_device(cfg.device)
@@ -118,7 +136,7 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {self.world}")
 
-        self.data = load_data(cfg.data)
+        self.data = load_data(cfg.data) if data is None else data
         self.train_x = self.data.train.to(self.device)
         self.test_x = self.data.test[self.rank::self.world].to(self.device)  # evaluation split across ranks
         self.schedule = build_schedule(cfg)
@@ -424,8 +442,9 @@ def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train with `cfg` on this process (and its torchrun peers)."""
+    data = preflight(cfg)
     dist_utils.setup()
     try:
-        return Trainer(cfg, resume=resume, progress=progress).fit()
+        return Trainer(cfg, resume=resume, progress=progress, data=data).fit()
     finally:
         dist_utils.teardown()
