@@ -360,3 +360,9 @@ def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
     assert bench.sampler_summary(folder)["tv_from_start"] == pytest.approx(0.5)
     with pytest.raises(UserError, match="run adaptive-paper first"):
         bench.frozen_final_method(settings, "adaptive-paper-final", "linear", 0)
+
+
+def test_bench_settings_cannot_override_the_methods_they_name(tmp_path):
+    """Records and plots name a run by its method, so a sampler or weighting may not silently replace it."""
+    with pytest.raises(UserError, match="cannot override sampler; name the pair as a method"):
+        bench.make_settings(tmp_path, methods="uniform", extra={"sampler": "adaptive"})

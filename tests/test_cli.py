@@ -36,9 +36,11 @@ def files(tmp):
     (tmp / "broken").mkdir()
     (tmp / "broken" / "a.png").write_bytes(b"not a png")
     (tmp / "afile").write_text("x")
+    (tmp / "other_run").mkdir()  # killed before its first checkpoint; made with another T
+    make_config(out=str(tmp / "other_run"), T=60).save(tmp / "other_run" / "config.json")
     return {
         "flat": str(tmp / "flat.npz"), "range": str(tmp / "range.npz"), "strings": str(tmp / "strings.npz"), "empty": str(tmp / "empty"),
-        "broken": str(tmp / "broken"), "afile": str(tmp / "afile"),
+        "broken": str(tmp / "broken"), "afile": str(tmp / "afile"), "other_run": str(tmp / "other_run"),
         "typo_key": write(tmp / "typo.json", json.dumps({"stepz": 5})),
         "bad_type": write(tmp / "type.json", json.dumps({"lr": "fast"})),
         "bad_toml": write(tmp / "bad.toml", "steps = = 3"),
@@ -75,7 +77,8 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("missing config", T_ARGS + ["--config", "/no/such.toml"], "does not exist"),
     ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
-    ("resume without a checkpoint", T_ARGS + ["--out", "{empty}", "--resume"], "no checkpoint"),
+    ("resume another run's folder without a checkpoint", T_ARGS + ["--out", "{other_run}", "--resume"],
+     "(no checkpoint yet) is a run with T=60 but this run has T=50"),
     ("resume with another T", ["train", "--out", "{run}", "--resume", "--T", "60", "--no-progress"], "T"),
     ("resume with another schedule", ["train", "--out", "{run}", "--resume", "--T", "50", "--schedule", "cosine",
                                       "--no-progress"], "schedule='linear' but this run has schedule='cosine'"),
@@ -123,3 +126,13 @@ def test_a_corrupt_checkpoint_names_the_file_and_an_older_one_still_works(run, t
     assert "model.safetensors" in err and err.count("\n") == 1, err
     older = sorted((copy / "checkpoints").iterdir())[-2]
     assert main(["evaluate", "--checkpoint", str(older), "--estimate", "--no-progress"]) == 0
+
+
+def test_resume_on_an_empty_folder_starts_from_step_0_with_one_notice(tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main(T_ARGS + ["--out", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    notices = [ln for ln in captured.out.splitlines() if "no checkpoint" in ln]
+    assert len(notices) == 1 and "starting from step 0" in notices[0], captured.out
+    assert json.loads((out / "config.json").read_text())["steps"] == 1 and captured.err == ""

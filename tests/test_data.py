@@ -1,5 +1,7 @@
 """The data loaders (digits, image folders, .npz, CIFAR-10 batches), their errors, and batch_indices."""
+import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -157,13 +159,13 @@ def test_npz_nhw_and_only_array(tmp_path):
 
 # ----------------------------------------------------------------------------- CIFAR-10 batches
 
-def _write_cifar_batch(path, images):
+def _write_cifar_batch(path, images, protocol=None):
     """The real format: a pickled dict of bytes keys; data rows are the R, G, B planes, each row-major."""
     n = len(images)
     d = {b"batch_label": b"testing batch", b"labels": list(range(n)),
          b"data": images.reshape(n, -1), b"filenames": [f"img{i}.png".encode() for i in range(n)]}
     with open(path, "wb") as f:
-        pickle.dump(d, f)
+        pickle.dump(d, f, protocol=protocol)
 
 
 def test_cifar_batches(tmp_path):
@@ -185,6 +187,81 @@ def test_cifar_batches(tmp_path):
     assert ds.train[1, 0, 5, 7] == 1 and (ds.train[1] == -1).sum() == 3 * 32 * 32 - 1
     torch.testing.assert_close(ds.train, torch.from_numpy(np.concatenate([b1, b2])).float() / 127.5 - 1)
     torch.testing.assert_close(ds.test, torch.from_numpy(tb).float() / 127.5 - 1)
+
+
+def _py2_string(b):
+    """Python 2's str as its cPickle wrote it: SHORT_BINSTRING or BINSTRING (read back as bytes)."""
+    return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+
+def _py2_int(n):
+    return b"J" + struct.pack("<i", n)  # BININT
+
+
+def _py2_cifar_pickle(images):
+    """A batch byte for byte as the real CIFAR-10 files hold it: protocol 2 written by Python 2 and numpy 1,
+    so str keys and array bytes are BINSTRINGs and the array names numpy.core.multiarray._reconstruct."""
+    n = len(images)
+    dtype = (b"cnumpy\ndtype\n" + _py2_string(b"u1") + b"\x89\x88\x87R"  # dtype('u1', False, True)
+             + b"(" + _py2_int(3) + _py2_string(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + _py2_int(0) + b"\x85"
+             + _py2_string(b"b") + b"\x87R"  # _reconstruct(ndarray, (0,), 'b')
+             + b"(" + _py2_int(1) + _py2_int(n) + _py2_int(images[0].size) + b"\x86" + dtype + b"\x89"
+             + _py2_string(images.reshape(n, -1).tobytes()) + b"tb")  # __setstate__((1, shape, dtype, False, data))
+    labels = b"](" + b"".join(_py2_int(i) for i in range(n)) + b"e"
+    return (b"\x80\x02}(" + _py2_string(b"batch_label") + _py2_string(b"testing batch 1 of 1")
+            + _py2_string(b"labels") + labels + _py2_string(b"data") + array + b"u.")
+
+
+@pytest.mark.parametrize("form", ["python2", 2, 4, 5])
+def test_cifar_batches_load_in_every_pickle_form_they_come_in(tmp_path, form):
+    """The restricted unpickler still reads genuine batches: Python 2's (the real files), and Python 3's at
+    protocol 2 (bytes stored through _codecs.encode), 4 (the default) and 5 (numpy's _frombuffer)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    batches = {"data_batch_1": rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8),
+               "test_batch": rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)}
+    for name, images in batches.items():
+        if form == "python2":
+            raw = _py2_cifar_pickle(images)
+            assert np.array_equal(pickle.loads(raw, encoding="bytes")[b"data"], images.reshape(len(images), -1))
+            (folder / name).write_bytes(raw)
+        else:
+            _write_cifar_batch(folder / name, images, protocol=form)
+    ds = load_data(str(folder))
+    torch.testing.assert_close(ds.train, torch.from_numpy(batches["data_batch_1"]).float() / 127.5 - 1)
+    torch.testing.assert_close(ds.test, torch.from_numpy(batches["test_batch"]).float() / 127.5 - 1)
+
+
+class _RunsCode:
+    """A pickle payload that runs `call(*args)` when it is loaded."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("payload, named", [
+    (lambda marker: _RunsCode(os.system, f"touch {marker}"), "system"),
+    (lambda marker: _RunsCode(exec, f"open({str(marker)!r}, 'w').write('ran')"), "exec"),
+    (lambda marker: _RunsCode(np.savetxt, str(marker), np.zeros(1)), "numpy.savetxt"),  # numpy, but not an array
+], ids=["os.system", "exec", "numpy-function"])
+def test_a_cifar_batch_that_would_run_code_is_refused_in_one_line(tmp_path, payload, named):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    marker = tmp_path / "marker"
+    _write_cifar_batch(folder / "test_batch", np.zeros((2, 3, 32, 32), dtype=np.uint8))
+    evil = {b"labels": [0], b"data": payload(marker)}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(UserError) as info:
+        load_data(str(folder))
+    assert not marker.exists()  # the code never ran
+    message = str(info.value)
+    assert "\n" not in message and "data_batch_1" in message and named in message, message
+    assert "refusing to unpickle" in message
 
 
 # ----------------------------------------------------------------------------- errors

@@ -229,13 +229,14 @@ def test_a_checkpoint_from_n_ranks_resumes_on_m(tmp_path, data, before, after):
 # The real launcher
 
 
-def torchrun(args, cwd, script=None):
-    """`python -m torch.distributed.run --standalone --nproc-per-node=2` (torchrun) on `script`, or on the
-    package (`-m timestep_sampling`); fails the test if the job does not end in time."""
+def torchrun(args, cwd, script=None, launcher="torch.distributed.run"):
+    """`python -m torch.distributed.run --standalone --nproc-per-node=2` (torchrun), or another launcher module
+    taking its arguments, on `script` or on the package (`-m timestep_sampling`); fails the test if the job does
+    not end in time."""
     target = [str(script)] if script else ["-m", "timestep_sampling"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        return subprocess.run([sys.executable, "-m", launcher, "--standalone", "--nproc-per-node=2",
                                *target, *args], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=TORCHRUN_TIMEOUT)
     except subprocess.TimeoutExpired as e:
@@ -299,3 +300,48 @@ def test_a_user_mistake_under_torchrun_is_one_error_line_per_process(tmp_path, d
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert errors and all(ln.startswith("error: unknown sampler 'bogus'") for ln in errors), done.stderr
     assert "UserError" not in done.stderr  # no traceback from the processes (torchrun prints its own summary)
+
+
+MISSING_DATA = ["train", "--data", "/nonexistent", "--steps", "2", "--device", "cpu", "--no-progress"]
+MISSING_DATA_LINE = "error: data path '/nonexistent' does not exist"
+
+
+def test_a_user_mistake_under_torchrun_is_status_2_in_every_rank_and_1_from_torchrun_itself(tmp_path):
+    """torchrun's elastic agent turns any failed worker into exit status 1 (it cannot be told otherwise);
+    what the trainer owes is that every rank stops at once on the mistake with its one line and status 2."""
+    done = torchrun(MISSING_DATA + ["--out", str(tmp_path / "run")], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors and all(ln.startswith(MISSING_DATA_LINE) for ln in errors), done.stderr
+    assert "exitcode  : 2" in done.stderr and "UserError" not in done.stderr  # torchrun's summary: each rank's 2
+
+
+def test_a_user_mistake_under_the_launcher_exits_2_with_one_line_per_process(tmp_path):
+    """`python -m timestep_sampling.launch` takes torchrun's arguments and passes the status 2 through."""
+    done = torchrun(MISSING_DATA + ["--out", str(tmp_path / "run")], cwd=tmp_path, launcher="timestep_sampling.launch")
+    assert done.returncode == 2, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert 1 <= len(errors) <= 2 and all(ln.startswith(MISSING_DATA_LINE) for ln in errors), done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_rank_reports_a_user_mistake_without_waiting_for_its_peers(tmp_path):
+    """Rank 0 of 2 whose peer never starts: the input is checked before the process group forms, so the
+    mistake is reported at once (before, rank 0 waited in init_process_group for a peer that had stopped)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    try:
+        done = subprocess.run([sys.executable, "-m", "timestep_sampling", *MISSING_DATA, "--out", str(tmp_path / "run")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("rank 0 waited for its peer instead of reporting the missing data")
+    assert done.returncode == 2 and done.stderr.startswith(MISSING_DATA_LINE) and done.stderr.count("\n") == 1, \
+        done.stderr

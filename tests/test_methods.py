@@ -2,7 +2,7 @@
 import pytest
 
 from timestep_sampling import NoiseSchedule, UserError
-from timestep_sampling.methods import METHODS, available_methods, make_method, method_specs
+from timestep_sampling.methods import METHODS, available_methods, make_method, method_label, method_specs
 from timestep_sampling.samplers import available_samplers
 from timestep_sampling.samplers.base import UniformSampler
 from timestep_sampling.samplers.fixed import BetaSampler, SpeedCurrentSampler, Speed2024Sampler
@@ -81,3 +81,22 @@ def test_unknown_methods_raise_one_clear_error(name, message):
     with pytest.raises(UserError, match=message) as info:
         make_method(name, LINEAR)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method, sampler, weighting, label", [
+    ("uniform", None, None, "uniform"),
+    ("min-snr", None, None, "min-snr"),
+    ("uniform", "adaptive", None, "adaptive"),  # a preset overridden into another preset's pair
+    ("adaptive-min-snr", None, "none", "adaptive"),
+    ("uniform", "adaptive:update_every=4", None, "adaptive:update_every=4+none"),  # the case
+    ("min-snr", "logit-normal:mean=0,std=1", None, "logit-normal:mean=0,std=1+min-snr"),
+    ("uniform", None, "p2:gamma=0.5", "uniform+p2:gamma=0.5"),
+    ("speed+min-snr:gamma=5", None, None, "speed+min-snr:gamma=5"),
+    ("uniform+none", None, None, "uniform"),
+])
+def test_the_label_names_the_pair_actually_trained(method, sampler, weighting, label):
+    assert method_label(method, sampler, weighting) == label
+    # The label is itself a method name for that pair, so it round-trips (config.json read back).
+    assert method_label(label) == label
+    expected = (sampler or method_specs(method)[0], weighting or method_specs(method)[1])
+    assert method_specs(label) == expected

@@ -366,7 +366,7 @@ def sampler_density(run: str | Path, out: str | Path) -> dict:
               "tenth_edges": edges,
               "mass_per_tenth": [[densities[i, edges[b]:edges[b + 1]].sum().item() for b in range(len(edges) - 1)]
                                  for i in range(len(steps))]}
-    title = f"{Path(run).name}: method {cfg.method}" + (f", sampler {cfg.sampler}" if cfg.sampler else "")
+    title = f"{Path(run).name}: {cfg.method}"  # make_config made `method` name the pair the run trained
     return _write(out, "sampler_density", record,
                   lambda p: plot_density_over_training(steps, densities.numpy(), p, title=title))
 

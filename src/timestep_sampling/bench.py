@@ -128,6 +128,10 @@ def validate(settings: BenchSettings) -> None:
     probe = NoiseSchedule("linear", T=max(settings.T, 2))
     for name in settings.methods:
         make_method(name.removesuffix(FINAL_SUFFIX), probe)  # a bad name or option: a UserError listing the valid ones
+    # Records, tables and plots name each run by its method, so a sampler or weighting may not override it.
+    overrides = sorted({"sampler", "weighting", "method"} & set(settings.extra))
+    require(not overrides, f"bench settings cannot override {', '.join(overrides)}; name the pair as a method "
+                           f"instead, e.g. 'speed+min-snr:gamma=5'")
     for name in ("seeds", "steps", "eval_every", "fd_samples", "ddim_steps", "batch_size", "T", "eval_strata"):
         require(getattr(settings, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")

@@ -16,7 +16,7 @@ def _train(args) -> None:
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "steps", "schedule", "seed", "method", "sampler",
                  "weighting", "eval_every", "batch_size", "lr", "model", "device", "T", "checkpoint_every",
-                 "num_samples", "warmup", "ema_decay")}
+                 "num_samples", "warmup", "ema_decay", "ema_warmup")}
     cfg = make_config(args.config, **overrides)
     train(cfg, resume=args.resume, progress=not args.no_progress)
 
@@ -227,15 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", help="override the preset's sampler, e.g. 'logit-normal:mean=0,std=1'")
     p.add_argument("--weighting", help="override the preset's weighting, e.g. 'min-snr:gamma=5'")
     p.add_argument("--eval-every", type=int, help="estimate test bits/dim every N steps (0: only at the end)")
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default: a tenth of --steps, at "
+                                                        "most 500, at least 1; 0: only at the end)")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int)
-    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--ema-decay", type=float, help="the EMA's decay (default 0.999), reached after its warm-up")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="EMA warm-up: update n uses min(decay, (1+n)/(10+n)) (default on; off: constant decay)")
     p.add_argument("--model", help="UNet preset: tiny, small, cifar")
     p.add_argument("--num-samples", type=int, help="images in the final sample grid (0: none)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (none yet: "
+                                                         "start from step 0, unless --out is another run's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 

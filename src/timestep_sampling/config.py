@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UserError, unknown_choice
+from .methods import method_label
 
 
 @dataclass
@@ -35,6 +36,10 @@ class TrainConfig:
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # EMA warm-up: the update after n earlier ones uses min(ema_decay, (1 + n) / (10 + n)), so the average
+    # starts from the trained weights, not the random initial ones (train.ema_decay_at says why this rule).
+    # False: a constant ema_decay, the trainer's rule before the warm-up existed.
+    ema_warmup: bool = True
     seed: int = 0
     device: str = "auto"
     # faults: non-finite steps are skipped; this many in a row stop the run
@@ -46,7 +51,7 @@ class TrainConfig:
     final_exact: bool = True
     num_samples: int = 64
     sample_every: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int | None = None  # None: follow the run's length (checkpoint_interval); 0: only at the end
     keep_checkpoints: int = 2
     log_every: int = 50
 
@@ -57,7 +62,7 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ["lr", "warmup", "grad_clip", "eval_every", "checkpoint_every", "sample_every", "num_samples",
                      "eval_exact_below"]:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.T <= 1:
             raise UserError(f"T must be > 1, got {self.T}")
@@ -67,11 +72,24 @@ class TrainConfig:
             raise UserError(f"dropout must lie in [0, 1), got {self.dropout}")
         return self
 
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints. By default a tenth of the run, at most 500 and at least 1: a fixed 500
+        left a shorter run (the bench's 400 steps) with no checkpoint before its end, so a run killed
+        late could not resume; 500 bounds the checkpoints of a long run (a few MB each, two kept)."""
+        if self.checkpoint_every is not None:
+            return self.checkpoint_every
+        return min(500, max(1, self.steps // 10))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        # Written whole and renamed into place: other ranks read it on --resume while rank 0 rewrites it.
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
 
 
 def field_names() -> list[str]:
@@ -102,7 +120,11 @@ def make_config(file: str | Path | None = None, **overrides) -> TrainConfig:
     types = {f.name: f.type for f in fields(TrainConfig)}
     for key, value in values.items():
         values[key] = _coerce(key, value, types[key])
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    # `method` names what is trained: a preset overridden by --sampler / --weighting becomes the name of
+    # the pair actually used (idempotent, so a saved config.json read back names the same run).
+    cfg.method = method_label(cfg.method, cfg.sampler, cfg.weighting)
+    return cfg
 
 
 def _coerce(key, value, type_name: str):

@@ -315,10 +315,58 @@ def _cifar(folder: Path, test_fraction: float | None, bins: int | None) -> Image
     return ImageDataset(_from_uint8(train), _from_uint8(test), bins, folder.name)
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """What `_codecs.encode` does in a protocol 0-2 pickle written by Python 3 (its way of storing bytes),
+    and nothing else: any other codec is refused rather than looked up."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"a CIFAR batch never encodes bytes as {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_reconstructors() -> dict[tuple[str, str], object]:
+    """The globals a pickled numpy array refers to, under the names numpy 1 (numpy.core) and numpy 2
+    (numpy._core) write, all resolved here to the functions of the numpy installed."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+
+    return {
+        **{(module, "_reconstruct"): multiarray._reconstruct
+           for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "_frombuffer"): numeric._frombuffer  # protocol 5 pickles of arrays
+           for module in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds. A pickle can call any importable function while it loads
+    (os.system, eval, ...), so a folder from an untrusted source could run code through plain
+    pickle.load. The format needs no global beyond numpy's array reconstruction: its dicts, lists, bytes,
+    strings and numbers are pickle opcodes, not globals. Everything else is refused before it is imported."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")  # the real batches were written by Python 2: str -> bytes
+        self.path = path
+        self.allowed = _numpy_reconstructors()
+
+    def find_class(self, module: str, name: str):
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise UserError(f"CIFAR batch {str(self.path)!r} refers to {module}.{name}, which a CIFAR batch never "
+                            f"holds; refusing to unpickle it (a pickle from an untrusted source can run code)")
+        return found
+
+
 def _cifar_batch(f: Path) -> np.ndarray:
     try:
         with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
+            d = _CifarUnpickler(fh, f).load()
+    except UserError:
+        raise
     except Exception as e:  # a pickle can fail in many ways; all of them mean "not a CIFAR batch"
         raise UserError(f"cannot read CIFAR batch {str(f)!r} ({_reason(e)}); expected a pickled dict")
     data = d.get(b"data", d.get("data")) if isinstance(d, dict) else None

@@ -57,6 +57,25 @@ def method_specs(name: str) -> tuple[str, str]:
     raise UserError(f"{error}; or pair any sampler and weighting as 'sampler+weighting', e.g. 'speed+min-snr:gamma=5'")
 
 
+def effective_specs(method: str, sampler: str | None = None, weighting: str | None = None) -> tuple[str, str]:
+    """(sampler spec, weighting spec) that a run with this method and these overrides trains with: the
+    preset's halves, each replaced by its override when one is given (as the trainer builds them)."""
+    preset_sampler, preset_weighting = method_specs(method)
+    return ((sampler or "").strip() or preset_sampler, (weighting or "").strip() or preset_weighting)
+
+
+def method_label(method: str, sampler: str | None = None, weighting: str | None = None) -> str:
+    """The one name of what a run trains, for everything that names a run (the trainer's header, its
+    config.json, plots, bench records): the preset whose pair it is, else "sampler+weighting". A preset
+    overridden part by part is NOT that preset (`uniform` with `--sampler adaptive` trains `adaptive`),
+    so the label is derived from the pair actually used, never taken from the preset's name."""
+    pair = effective_specs(method, sampler, weighting)
+    for name, specs in METHODS.items():
+        if specs == pair:
+            return name
+    return "+".join(pair)
+
+
 def make_method(name: str, schedule: NoiseSchedule, prediction: str | None = None,
                 **sampler_options) -> tuple[TimestepSampler, LossWeighting]:
     """(sampler, weighting) for a method name. Keyword options go to the sampler (they override those
