@@ -74,6 +74,8 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("malformed config", T_ARGS + ["--config", "{bad_toml}"], "cannot read config file"),
     ("missing config", T_ARGS + ["--config", "/no/such.toml"], "does not exist"),
     ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
+    ("unknown precision", T_ARGS + ["--precision", "fp8"], "unknown precision 'fp8'; valid choices: bf16, fp32"),
+    ("unknown built-in data", T_ARGS + ["--data", "photos"], "expected 'digits', 'photos32', a folder"),
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
     ("resume without a checkpoint", T_ARGS + ["--out", "{empty}", "--resume"], "no checkpoint"),
     ("resume with another T", ["train", "--out", "{run}", "--resume", "--T", "60", "--no-progress"], "T"),
@@ -123,3 +125,12 @@ def test_a_corrupt_checkpoint_names_the_file_and_an_older_one_still_works(run, t
     assert "model.safetensors" in err and err.count("\n") == 1, err
     older = sorted((copy / "checkpoints").iterdir())[-2]
     assert main(["evaluate", "--checkpoint", str(older), "--estimate", "--no-progress"]) == 0
+
+
+def test_the_speed_flags_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    cheap = write(tmp_path / "cheap.json", json.dumps({"final_exact": False, "eval_exact_below": 0, "eval_strata": 2}))
+    assert main(T_ARGS + ["--out", str(out), "--config", cheap, "--precision", "bf16", "--channels-last"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["precision"], config["channels_last"], config["compile"]) == ("bf16", True, False)
+    assert "bf16 autocast, channels-last" in capsys.readouterr().out
