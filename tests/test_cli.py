@@ -76,6 +76,8 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("malformed config", T_ARGS + ["--config", "{bad_toml}"], "cannot read config file"),
     ("missing config", T_ARGS + ["--config", "/no/such.toml"], "does not exist"),
     ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
+    ("unknown precision", T_ARGS + ["--precision", "fp8"], "unknown precision 'fp8'; valid choices: bf16, fp32"),
+    ("unknown built-in data", T_ARGS + ["--data", "photos"], "expected 'digits', 'photos32', a folder"),
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
     ("resume another run's folder without a checkpoint", T_ARGS + ["--out", "{other_run}", "--resume"],
      "(no checkpoint yet) is a run with T=60 but this run has T=50"),
@@ -136,3 +138,12 @@ def test_resume_on_an_empty_folder_starts_from_step_0_with_one_notice(tmp_path, 
     notices = [ln for ln in captured.out.splitlines() if "no checkpoint" in ln]
     assert len(notices) == 1 and "starting from step 0" in notices[0], captured.out
     assert json.loads((out / "config.json").read_text())["steps"] == 1 and captured.err == ""
+
+
+def test_the_speed_flags_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    cheap = write(tmp_path / "cheap.json", json.dumps({"final_exact": False, "eval_exact_below": 0, "eval_strata": 2}))
+    assert main(T_ARGS + ["--out", str(out), "--config", cheap, "--precision", "bf16", "--channels-last"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["precision"], config["channels_last"], config["compile"]) == ("bf16", True, False)
+    assert "bf16 autocast, channels-last" in capsys.readouterr().out

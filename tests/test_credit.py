@@ -12,7 +12,7 @@ from timestep_sampling.reward_signal import t_dependence
 from timestep_sampling.samplers.adaptive import AdaptiveSampler
 from timestep_sampling.samplers.credit import bound_probe, first_order_credit, preconditioner
 from timestep_sampling.samplers.credit_proportional import CreditProportionalSampler
-from test_adaptive import BandX0Model, ConvEps, digits, train_step
+from test_adaptive import BandX0Model, ConvEps, train_step
 
 BAND = slice(10, 40)  # BandX0Model's band [10, 40) of T = 100: the only timesteps left to learn
 

@@ -58,6 +58,70 @@ def test_digits_rejects_wrong_bins():
         load_data("digits", bins=256)
 
 
+# ----------------------------------------------------------------------------- photos32
+
+@pytest.fixture(scope="module")
+def photos():
+    return load_data("photos32")
+
+
+def test_photos32_shapes_range_and_levels(photos):
+    assert photos.train.shape == (50_000, 3, 32, 32) and photos.test.shape == (10_000, 3, 32, 32)
+    assert photos.train.dtype == torch.float32 and photos.bins == 256 and photos.name == "photos32"
+    assert photos.shape == (3, 32, 32) and photos.image_size == 32
+    for x in (photos.train, photos.test):
+        assert x.min() == -1 and x.max() == 1
+        head = x[:2000]  # every value is one of the 256 levels v / 127.5 - 1
+        assert torch.equal(((head + 1) * 127.5).round() / 127.5 - 1, head)
+
+
+def test_photos32_is_deterministic_and_ignores_global_rng(photos):
+    torch.manual_seed(7)
+    np.random.seed(7)
+    again = load_data("photos32")
+    assert torch.equal(again.train, photos.train) and torch.equal(again.test, photos.test)
+    other = load_data("photos32", seed=1)
+    assert not torch.equal(other.train[:100], photos.train[:100])
+
+
+def test_photos32_train_and_test_crops_come_from_disjoint_columns(photos):
+    from timestep_sampling.data import PHOTOS_SIDE, _skimage_photos, photos32_layout
+
+    images = [p for _, p in _skimage_photos()]
+    layout = photos32_layout([p.shape[:2] for p in images], seed=0)
+    train, test = layout["train"], layout["test"]
+    for i, photo in enumerate(images):
+        height, width = photo.shape[:2]
+        right_of_train = (train[train[:, 0] == i, 2] + PHOTOS_SIDE).max()
+        left_of_test = test[test[:, 0] == i, 2].min()
+        assert right_of_train <= left_of_test, f"photo {i}: a train crop reaches column {right_of_train}"
+        for rows in (train[train[:, 0] == i], test[test[:, 0] == i]):  # inside the photograph
+            assert rows[:, 1:].min() >= 0 and (rows[:, 1] + PHOTOS_SIDE).max() <= height
+            assert (rows[:, 2] + PHOTOS_SIDE).max() <= width
+        assert abs((train[:, 0] == i).sum() - 50_000 / len(images)) < 1  # every photograph equally
+    # the tensors are those crops, in that order
+    for split, x in (("train", photos.train), ("test", photos.test)):
+        for k in (0, 1, len(x) - 1):
+            i, top, left = layout[split][k]
+            crop = images[i][top:top + PHOTOS_SIDE, left:left + PHOTOS_SIDE].transpose(2, 0, 1)
+            assert torch.equal(x[k], torch.from_numpy(crop.copy()).float() / 127.5 - 1)
+
+
+def test_photos32_needs_no_download():
+    """Every photograph is a file inside the installed scikit-image wheel, read without skimage.data's
+    fetcher (which would go to the network for a file that is not bundled)."""
+    from timestep_sampling.data import PHOTO_FILES, _skimage_photos
+
+    assert [name for name, _ in _skimage_photos()] == list(PHOTO_FILES)
+
+
+def test_photos32_rejects_a_test_fraction_and_other_bins():
+    with pytest.raises(UserError, match="own test split"):
+        load_data("photos32", test_fraction=0.2)
+    with pytest.raises(UserError, match="256"):
+        load_data("photos32", bins=17)
+
+
 # ----------------------------------------------------------------------------- image folders
 
 def _write_pngs(folder, n, size=8, mode="L", seed=0):

@@ -11,6 +11,8 @@ from pathlib import Path
 from .errors import UserError, unknown_choice
 from .methods import method_label
 
+PRECISIONS = ("fp32", "bf16")  # of the training forward pass; see TrainConfig.precision
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +44,12 @@ class TrainConfig:
     ema_warmup: bool = True
     seed: int = 0
     device: str = "auto"
+    # speed: bf16 autocast around the training step's forward pass (the weights, the optimiser, the loss,
+    # the adaptive sampler's probes and every evaluation stay float32/64), the channels-last memory format,
+    # and torch.compile of the training forward pass (opt-in: it compiles for minutes before the first step)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
     # faults: non-finite steps are skipped; this many in a row stop the run
     max_bad_steps: int = 20
     # evaluation, samples, checkpoints, logs
@@ -70,6 +78,8 @@ class TrainConfig:
             raise UserError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.precision not in PRECISIONS:
+            raise unknown_choice("precision", self.precision, PRECISIONS)
         return self
 
     @property

@@ -3,13 +3,14 @@
 `load_data(spec)` turns one string into an `ImageDataset` of float32 images in [-1, 1]:
 
     digits                      scikit-learn's 8x8 digits (ships inside scikit-learn; no download)
+    photos32                    32x32 RGB crops of the colour photographs inside scikit-image's wheel (no download)
     path/to/folder/             a folder of images (PNG, JPEG, BMP, ... anything PIL reads), searched recursively
     path/to/file.npz            arrays under `x` / `images` / `train` (or the only array), optional `x_test` / `test`
     path/to/cifar-10-batches-py the CIFAR-10 "python" batches (data_batch_* and test_batch)
 
 Every dataset also carries `bins`, the number of evenly spaced levels its pixels lie on, because the
 t = 0 decoder term of the bound integrates over exactly those bins (METHOD.md section 1): 17 for the
-digits, 256 for 8-bit images.
+digits, 256 for 8-bit images (photos32 included).
 
 Every mistake in the input (a wrong path, shape, value range, an unreadable file, an empty folder)
 raises `UserError` with a one-line message; the command line prints it and exits with status 2.
@@ -32,7 +33,7 @@ import torch
 
 from .errors import UserError, require
 
-ACCEPTED = ("'digits', a folder of images, a .npz file, or a CIFAR-10 python batches folder "
+ACCEPTED = ("'digits', 'photos32', a folder of images, a .npz file, or a CIFAR-10 python batches folder "
             "(data_batch_1..5 and test_batch)")
 DIGITS_TEST_SIZE = 297  # 1797 digits -> 1500 train / 297 test
 MIN_SIDE = 8  # the reference UNet downsamples twice and still needs a few pixels left
@@ -74,12 +75,13 @@ class ImageDataset:
 
 def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
               bins: int | None = None) -> ImageDataset:
-    """Load `spec` ('digits', an image folder, a .npz file or a CIFAR-10 batches folder).
+    """Load `spec` ('digits', 'photos32', an image folder, a .npz file or a CIFAR-10 batches folder).
 
     test_fraction: share of the data held out for test when the source has no test split of its own
         (default 0.1 for folders and .npz; the digits default to a fixed 297 test images). Sources with
-        their own split (.npz with `x_test`, CIFAR-10) reject it.
-    seed: seeds the train/test permutation (a private torch.Generator, never the global RNG).
+        their own split (.npz with `x_test`, CIFAR-10, photos32) reject it.
+    seed: seeds the train/test permutation (a private torch.Generator, never the global RNG); for
+        photos32, the crop positions.
     bins: quantisation levels of float .npz data (default 256); for every other source the bins are
         known, and a different value is an error.
     """
@@ -92,6 +94,8 @@ def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
     spec = str(spec)
     if spec == "digits":
         return _digits(test_fraction, seed, bins)
+    if spec == PHOTOS_NAME:
+        return _photos32(test_fraction, seed, bins)
     path = Path(spec).expanduser()
     if not path.exists():
         # A bare word is most likely a misspelt built-in name; anything else a mistyped path.
@@ -153,7 +157,9 @@ def _reason(e: Exception) -> str:
 
 def _from_uint8(x: np.ndarray) -> torch.Tensor:
     """0..255 -> [-1, 1]: level v maps to v / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly."""
-    return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1
+    # In place: the same float32 values as `x.float() / 127.5 - 1`, without two more image-sized
+    # allocations (for 60,000 32x32 images they took longer than the arithmetic).
+    return torch.from_numpy(np.ascontiguousarray(x)).float().div_(127.5).sub_(1)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -172,6 +178,87 @@ def _digits(test_fraction: float | None, seed: int, bins: int | None) -> ImageDa
     require(1 <= n_test < len(x), f"digits: test_fraction {test_fraction} leaves an empty split")
     train_idx, test_idx = split(len(x), n_test, seed)
     return ImageDataset(x[train_idx], x[test_idx], bins, "digits")
+
+
+# ----------------------------------------------------------------------------- photos32
+
+PHOTOS_NAME = "photos32"
+# The colour photographs that scikit-image's wheel carries in skimage/data (its other samples are fetched
+# with pooch on first use, which a run must never do). Left out: retina (a disc on a black field) and the
+# Hubble deep field (mostly black sky), whose crops would be largely constant; the right-hand motorcycle
+# image, a stereo twin of the left one, which would leak one split into the other.
+PHOTO_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "ihc.png", "motorcycle_left.png", "rocket.jpg")
+PHOTOS_SIDE = 32
+PHOTOS_TRAIN, PHOTOS_TEST = 50_000, 10_000  # as many as CIFAR-10: epochs and evaluation cost comparable
+PHOTOS_TEST_BAND = 0.2  # the right-hand fifth of every photograph is test ground, the rest train ground
+
+
+def _skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """[(file name, H x W x 3 uint8)] read straight from the installed wheel's data folder, never
+    through skimage.data's loaders (they may fetch a file that is not bundled)."""
+    from PIL import Image
+
+    try:
+        import skimage
+    except ImportError:
+        raise UserError("photos32 needs scikit-image, whose wheel carries the photographs: "
+                        "pip install scikit-image") from None
+    folder = Path(skimage.__file__).parent / "data"
+    photos = []
+    for name in PHOTO_FILES:
+        path = folder / name
+        require(path.is_file(), f"photos32: {name} is not in this scikit-image install ({folder}); expected "
+                                f"a scikit-image wheel that bundles it (0.21 and 0.26 do)")
+        with Image.open(path) as im:
+            photos.append((name, np.asarray(im.convert("RGB"))))
+    return photos
+
+
+def photos32_layout(shapes: list[tuple[int, int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Where photos32's crops come from: for "train" and "test", an (n, 3) array of (photo index, top, left)
+    per crop, in the data set's order, for photographs of the given (height, width).
+
+    The same number of crops from each photograph (the remainder on the first ones), at uniform random
+    positions; train crops lie wholly in the left 80 % of a photograph's columns and test crops in the
+    right 20 %, so no test pixel is ever seen in training (crops within one split overlap, as random
+    crops do). A pure function of (shapes, seed): its own generator, never the global one."""
+    side = PHOTOS_SIDE
+    rng = np.random.default_rng(np.random.SeedSequence([seed, side]))
+    layout = {}
+    for split, total in (("train", PHOTOS_TRAIN), ("test", PHOTOS_TEST)):
+        rows = []
+        for i, (height, width) in enumerate(shapes):
+            cut = width - round(PHOTOS_TEST_BAND * width)
+            lo, hi = (0, cut) if split == "train" else (cut, width)
+            n = total // len(shapes) + (i < total % len(shapes))
+            top, left = rng.integers(0, height - side + 1, n), rng.integers(lo, hi - side + 1, n)
+            rows.append(np.stack([np.full(n, i), top, left], axis=1))
+        rows = np.concatenate(rows)
+        layout[split] = rows[rng.permutation(len(rows))]  # photographs interleaved: any prefix is a fair sample
+    return layout
+
+
+def _gather_crops(photos: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """(n, 3, S, S) uint8: the crop of photos[i] at (top, left) for each row (i, top, left)."""
+    side = PHOTOS_SIDE
+    out = np.empty((len(rows), 3, side, side), dtype=np.uint8)
+    for i, photo in enumerate(photos):
+        mine = rows[:, 0] == i
+        windows = np.lib.stride_tricks.sliding_window_view(photo, (side, side), axis=(0, 1))  # (H', W', 3, S, S)
+        out[mine] = windows[rows[mine, 1], rows[mine, 2]]
+    return out
+
+
+def _photos32(test_fraction: float | None, seed: int, bins: int | None) -> ImageDataset:
+    """PHOTOS_TRAIN train and PHOTOS_TEST test crops of 32x32 from PHOTO_FILES, as `photos32_layout` places
+    them; 256 levels. With the default seed 0 always the same crops."""
+    require(test_fraction is None, "photos32 has its own test split (a held-out band of every photograph); "
+                                   "expected no test_fraction")
+    bins = _check_bins(bins, 256, PHOTOS_NAME)
+    photos = [photo for _, photo in _skimage_photos()]
+    layout = photos32_layout([p.shape[:2] for p in photos], seed)
+    train, test = (_from_uint8(_gather_crops(photos, layout[k])) for k in ("train", "test"))
+    return ImageDataset(train, test, bins, PHOTOS_NAME)
 
 
 # ----------------------------------------------------------------------------- folder of images

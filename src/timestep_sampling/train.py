@@ -124,6 +124,27 @@ def preflight(cfg: TrainConfig) -> ImageDataset:
     return load_data(cfg.data)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+
+
+def training_forward(model, cfg: TrainConfig, device: torch.device):
+    """The callable `model(x_t, t) -> ε` that the training step runs: `model`, compiled with cfg.compile,
+    its forward pass under autocast with cfg.precision "bf16". Its output is cast back to float32, so the
+    loss, the per-sample MSE the sampler learns from, and the backward pass's start are float32; the
+    weights and the optimiser always are. Evaluation and the sampler's probes use the network itself."""
+    forward = torch.compile(model) if cfg.compile else model
+    dtype = AUTOCAST_DTYPES.get(cfg.precision)
+    if dtype is None:
+        return forward
+
+    def autocast_forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            eps = forward(x, t)
+        return eps.float()
+
+    return autocast_forward
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
                  data: ImageDataset | None = None):
@@ -142,10 +163,13 @@ class Trainer:
         self.schedule = build_schedule(cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.net = build_model(cfg, self.data).to(self.device)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.model = self.net
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.forward = training_forward(self.model, cfg, self.device)
         self.ema = make_ema(self.net, cfg.ema_decay, cfg.ema_warmup)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         warmup = max(cfg.warmup, 1)
@@ -261,14 +285,14 @@ class Trainer:
         torch.manual_seed(step_seed(cfg.seed, self.step, self.rank))  # dropout
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, self.rank) + 1)
         idx = batch_indices(len(self.train_x), cfg.batch_size, self.step, cfg.seed, self.rank, self.world)
-        x0 = self.train_x[idx.to(self.device)]
+        x0 = self._layout(self.train_x[idx.to(self.device)])
         t, w = self.sampler.sample(len(x0), self.device, generator=gen, x0=x0)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        noise = self._layout(torch.randn(x0.shape, generator=gen).to(self.device))
         self.model.train()
         mse = None
         try:
-            with self.sampler.observe(self.net, x0, optimizer=self.opt):
-                mse = mse_per_sample(self.model, self.schedule, x0, t, noise)
+            with self.sampler.observe(self.net, x0, optimizer=self.opt):  # its probes: the plain float32 network
+                mse = mse_per_sample(self.forward, self.schedule, x0, t, noise)
                 loss = (mse * w * self.weighting.weights(t)).mean()
                 if not _all_finite(loss):
                     raise _SkipStep
@@ -286,6 +310,10 @@ class Trainer:
         self.sampler.update(t, mse.detach())
         self.bad_steps = 0
         return loss.item()
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the network's memory format (channels-last with --channels-last; same values)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _skip(self) -> None:
         self.bad_steps += 1
@@ -326,8 +354,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         if self.is_main and self.step == 0:
+            speed = "".join([f", {cfg.precision} autocast" if cfg.precision != "fp32" else "",
+                             ", channels-last" if cfg.channels_last else "", ", compiled" if cfg.compile else ""])
             print(f"training {count_parameters(self.net):,}-parameter UNet on {self.data!r}, "
-                  f"method={self.label}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}")
+                  f"method={self.label}, sampler={self.sampler!r}, {self.world} process(es), device {self.device}"
+                  f"{speed}")
         if self.step == 0:
             bpd = self.evaluate(exact=False)
             self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})

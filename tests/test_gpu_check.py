@@ -1,0 +1,77 @@
+"""benchmarks/gpu_check.py --tiny end to end on the CPU: every part runs and the JSON has its keys."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+
+
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def stand_in_network(path):
+    """A tiny TorchScript feature network in place of Inception: 0..255 RGB images → 12 pooled features."""
+    class Features(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 2).flatten(1)
+
+    torch.jit.save(torch.jit.script(Features()), str(path))
+    return str(path)
+
+
+def finite(x):
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def test_tiny_check_writes_every_part(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert gpu_check().main(["--tiny", "--device", "cpu", "--out", str(out),
+                             "--inception", stand_in_network(tmp_path / "features.pt")]) == 0
+    r = json.loads(out.read_text())
+    assert r["tiny"] is True and r["device"]["device"] == "cpu" and r["device"]["torch"] == torch.__version__
+    assert r["settings"]["data_shape"] == [3, 32, 32] and r["settings"]["parameters"] > 0
+    assert [c["config"] for c in r["timing"]] == ["fp32", "bf16+channels_last"]
+    for c in r["timing"]:
+        u, a = c["uniform"], c["adaptive"]
+        assert u["steps_per_s"] > 0 and u["peak_memory_mb"] is None  # no accelerator memory on a CPU
+        assert a["update_steps"] >= 1 and a["plain_steps"] >= 1 and a["peak_memory_mb"] is None
+        assert finite(a["sample_ms"]) and finite(u["sample_ms"])
+        assert c["ratio_k40"] == pytest.approx((39 * a["plain_ms"] + a["update_ms"]) / (40 * u["ms_per_step_synchronised"]))
+    assert r["fastest"] in {c["config"] for c in r["timing"]}
+    assert "GPU" in r["ddp"]["skipped"]
+    run = r["short_run"]
+    assert finite(run["bpd_start"]) and run["steps"] >= 1
+    for name in ("uniform", "adaptive"):
+        assert finite(run["runs"][name]["bpd"]) and finite(run["runs"][name]["fd"])
+    assert run["runs"]["adaptive"]["sampler_updates"] >= 1
+    assert r["seconds"] > 0 and r["peak_rss_mb"] > 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_a_missing_feature_network_is_one_line_before_any_measuring(tmp_path, capsys):
+    assert gpu_check().main(["--tiny", "--out", str(tmp_path / "x.json"), "--inception", "/no/such.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --inception") and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_tiny_check_under_torchrun_on_two_cpu_processes(tmp_path):
+    """The two-process part, which otherwise runs only with two GPUs, on gloo: about 75 s here."""
+    out = tmp_path / "check.json"
+    assert gpu_check().main(["--tiny", "--device", "cpu", "--ddp-on-cpu", "--out", str(out)]) == 0
+    ddp = json.loads(out.read_text())["ddp"]
+    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo", ddp
+    assert [c["config"] for c in ddp["timing"]] == ["fp32", "bf16+channels_last"]
+    assert all(c["adaptive"]["update_steps"] >= 1 for c in ddp["timing"])
