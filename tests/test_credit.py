@@ -1,5 +1,7 @@
 """First-order credit (samplers/credit.py), the learned sampler on it, and its non-RL control, on problems
 whose answers are known."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,21 @@ def test_credit_options_are_checked():
         with pytest.raises(UserError) as e:
             make_sampler(spec, schedule)
         assert "\n" not in str(e.value)
+
+
+def test_reward_signal_runs_on_a_checkpoint_from_the_command_line(tmp_path, capsys):
+    from timestep_sampling.cli import main
+
+    run = tmp_path / "run"
+    cheap = tmp_path / "cheap.json"  # the bound is not under test here
+    cheap.write_text(json.dumps({"final_exact": False, "eval_exact_below": 0, "eval_strata": 2}))
+    assert main(["train", "--steps", "2", "--T", "50", "--batch-size", "32", "--num-samples", "0", "--no-progress",
+                 "--eval-every", "0", "--checkpoint-every", "2", "--out", str(run), "--config", str(cheap)]) == 0
+    assert main(["analyze", "reward-signal", "--run", str(run), "--updates", "3", "--groups", "4",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "paper: t explains" in out and "credit: t explains" in out
+    record = json.loads((run / "analysis" / "reward_signal.json").read_text())
+    assert set(record["estimators"]) == {"paper", "credit"} and record["updates"] == 3
+    assert all(e["samples"] == 96 and 0 <= e["explained"] <= 1 for e in record["estimators"].values())
+    assert (run / "analysis" / "reward_signal.png").stat().st_size > 0
