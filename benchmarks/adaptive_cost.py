@@ -6,7 +6,9 @@ and how well a cheaper scan picks the probe set S.
 
 1. Cost per step, on the digits (make_unet(8, 1, "tiny"), batch 128, T = 1000) and at 32x32
    (make_unet(32, 3, "small"), batch 32, random images: the cost does not depend on content). One
-   adaptive step in K does the sampler update; the other K − 1 only draw t from the policy. Both kinds
+   adaptive step in K does the sampler update; the other K − 1 only draw t from the policy. An update
+   with the credit (the default) is one backward pass of a 64-strata bound estimate and two forward
+   passes of the batch; with the paper's reward, probes of B·|S| images and the scan before and after. Both kinds
    are timed one step at a time, interleaved with uniform steps so that slow and fast periods of a
    shared machine hit every kind alike (medians over many repetitions), and
        ratio(K) = (t_update + (K − 1) t_plain) / (K t_uniform).
