@@ -22,7 +22,7 @@ def run(tmp_path_factory):
     nothing here reads them."""
     out = tmp_path_factory.mktemp("analysis") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "evaluate", lambda self, exact: 0.0)
+        mp.setattr(Trainer, "evaluate", lambda self, exact, model=None: 0.0)
         train(make_config(out=str(out), steps=20, T=1000, warmup=5, batch_size=16, eval_every=0, num_samples=0,
                           final_exact=False, checkpoint_every=10, keep_checkpoints=5), progress=False)
     return out
