@@ -85,6 +85,7 @@ def set_global_concentrations(sampler, alpha, beta):
         return v if v > 30 else math.log(math.expm1(v)) if v > 1e-30 else -80.0
     with torch.no_grad():
         sampler.policy.raw.copy_(torch.tensor([inverse(alpha), inverse(beta)]))
+    sampler._ab_cache = sampler._pmf_cache = None  # the policy was changed behind the sampler's back
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -176,3 +176,24 @@ def test_reward_signal_runs_on_a_checkpoint_from_the_command_line(tmp_path, caps
     assert set(record["estimators"]) == {"paper", "credit"} and record["updates"] == 3
     assert all(e["samples"] == 96 and 0 <= e["explained"] <= 1 for e in record["estimators"].values())
     assert (run / "analysis" / "reward_signal.png").stat().st_size > 0
+
+
+def test_a_plain_step_of_the_global_beta_runs_no_policy_until_the_next_update():
+    """The pair (α, β) is kept between updates, so drawing t needs no policy forward and no read-back."""
+    schedule, model, x0 = band_problem()
+    sampler = AdaptiveSampler(schedule, update_every=3, bins=17, seed=0)
+    calls = []
+    forward = sampler.policy.forward
+    sampler.policy.forward = lambda *a: calls.append(1) or forward(*a)
+    opt = torch.optim.SGD(model.parameters(), lr=3e-4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the update comes at the first step, then two plain steps
+        train_step(sampler, model, opt, schedule, x0, g)
+    assert sampler.updates == 1 and len(calls) == 3  # the first draw, the update's log-prob, the next draw
+    before = sampler.concentrations()
+    train_step(sampler, model, opt, schedule, x0, g)  # an update: the next draw uses the new pair
+    t = sampler.sample(4096, generator=torch.Generator().manual_seed(1))[0]
+    fresh = AdaptiveSampler(schedule, bins=17, seed=0)
+    fresh.load_state_dict(sampler.state_dict())
+    assert torch.equal(t, fresh.sample(4096, generator=torch.Generator().manual_seed(1))[0])
+    assert not torch.equal(before[0], sampler.concentrations()[0])

@@ -280,7 +280,7 @@ class AdaptiveSampler(TimestepSampler):
         self.last_rewards: torch.Tensor | None = None  # this rank's per-sample rewards at the last update
         self.draws = 0               # sample() calls without a generator: they index this rank's own stream
         self._last_sample = None
-        self._pmf_cache = None
+        self._pmf_cache = self._ab_cache = None
 
     def configure_bound(self, bins: int | None = None, variance: str | None = None) -> None:
         """Set how the reward's bound terms are computed: the data's quantisation levels (the t = 0 decoder)
@@ -359,6 +359,17 @@ class AdaptiveSampler(TimestepSampler):
             self._pmf_cache = (self.updates, pmf)
         return pmf
 
+    def _sampling_concentrations(self, policy_input) -> tuple[np.ndarray, np.ndarray]:
+        """(α, β) in float64 for drawing. The global Beta changes only at an update, so its pair is kept
+        until the next one: a plain step then runs no policy and reads nothing back from an accelerator."""
+        if not self.conditioned and self._ab_cache is not None and self._ab_cache[0] == self.updates:
+            return self._ab_cache[1]
+        with torch.no_grad():  # the update recomputes the log-probabilities it differentiates
+            pair = tuple(v.double().cpu().numpy() for v in self.concentrations(policy_input))
+        if not self.conditioned:
+            self._ab_cache = (self.updates, pair)
+        return pair
+
     # ------------------------------------------------------------------------------------------------
     # Sampling
 
@@ -370,8 +381,7 @@ class AdaptiveSampler(TimestepSampler):
         batch_size = _positive_int(batch_size, "batch_size")
         device = check_device(device)
         policy_input = self._policy_input(x0, batch_size)
-        with torch.no_grad():  # the update recomputes the log-probabilities it differentiates
-            alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(policy_input))
+        alpha, beta = self._sampling_concentrations(policy_input)
         if generator is None:
             generator = self._stream(_FALLBACK, distributed.rank(), index=self.draws)
             self.draws += 1
@@ -578,7 +588,7 @@ class AdaptiveSampler(TimestepSampler):
             nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
-        self._pmf_cache = None
+        self._pmf_cache = self._ab_cache = None
         return stats, True
 
     # ------------------------------------------------------------------------------------------------
@@ -621,7 +631,7 @@ class AdaptiveSampler(TimestepSampler):
         self.skipped_updates = int(state["skipped_updates"])
         self.baseline_ema, self.baseline_count = float(state["baseline"][0]), int(state["baseline"][1])
         self.draws = int(state.get("draws", 0))  # absent from checkpoints written before 2026-11-25
-        self._last_sample, self._pmf_cache = None, None
+        self._last_sample, self._pmf_cache, self._ab_cache = None, None, None
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
