@@ -16,7 +16,7 @@ def _train(args) -> None:
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "steps", "schedule", "seed", "method", "sampler",
                  "weighting", "eval_every", "batch_size", "lr", "model", "device", "T", "checkpoint_every",
-                 "num_samples", "warmup", "ema_decay")}
+                 "num_samples", "warmup", "ema_decay", "objective")}
     cfg = make_config(args.config, **overrides)
     train(cfg, resume=args.resume, progress=not args.no_progress)
 
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="a preset pairing a sampler and a weighting, e.g. uniform, min-snr, speed, adaptive")
     p.add_argument("--sampler", help="override the preset's sampler, e.g. 'logit-normal:mean=0,std=1'")
     p.add_argument("--weighting", help="override the preset's weighting, e.g. 'min-snr:gamma=5'")
+    p.add_argument("--objective", help="ddpm (default) or flow (rectified flow: use a flow-... method), "
+                                       "e.g. 'flow:sample_steps=20'")
     p.add_argument("--eval-every", type=int, help="estimate test bits/dim every N steps (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")

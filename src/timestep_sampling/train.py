@@ -1,5 +1,6 @@
-"""The reference trainer: DDPM ε-prediction with any timestep sampler and loss weighting, on one
-process or many (torchrun). It uses the library exactly as a user's own loop would:
+"""The reference trainer: DDPM ε-prediction (or rectified flow: `objective = "flow"`, objectives.py) with
+any timestep sampler and loss weighting, on one process or many (torchrun). It uses the library exactly
+as a user's own loop would:
 `sampler.sample()` → weighted MSE → `sampler.observe()` around the optimiser step → `sampler.update()`.
 
 Every source of randomness is re-seeded from (seed, step, rank) at each step, and the batches are a
@@ -17,15 +18,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .bound import estimate_bpd, exact_bpd
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
-from .diffusion import mse_per_sample
 from .devices import check_device
 from .errors import UserError
 from .methods import make_method
 from .models import count_parameters, make_unet
+from .objectives import make_objective
 from .plotting import plot_density_over_training, sampler_learns, trained_density
 from .samplers import make_sampler
 from .schedule import NoiseSchedule
@@ -104,6 +104,7 @@ class Trainer:
         warmup = max(cfg.warmup, 1)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
         self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
+        self.objective = make_objective(cfg, self.schedule, self.data.bins, self.sampler)
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
         self._logged_updates = getattr(self.sampler, "updates", None)
         if resume:
@@ -205,7 +206,7 @@ class Trainer:
         mse = None
         try:
             with self.sampler.observe(self.net, x0):
-                mse = mse_per_sample(self.model, self.schedule, x0, t, noise)
+                mse = self.objective.loss(self.model, x0, t, noise)
                 loss = (mse * w * self.weighting.weights(t)).mean()
                 if not _all_finite(loss):
                     raise _SkipStep
@@ -236,27 +237,20 @@ class Trainer:
     def evaluate(self, exact: bool) -> float:
         """Test bits/dim of the EMA model, each rank scoring its shard of the test set."""
         model = self.ema.module.eval()
-        fn = exact_bpd if exact else estimate_bpd
-        kwargs = dict(bins=self.data.bins, variance=self.cfg.variance, seed=0)
-        if exact:
-            kwargs["progress"] = self.progress
-        else:
-            kwargs.update(exact_below=min(self.cfg.eval_exact_below, self.cfg.T), strata=self.cfg.eval_strata)
         # A rank whose shard is empty (more ranks than test images) still joins the all-reduce.
-        mean = fn(model, self.schedule, self.test_x, **kwargs).total if len(self.test_x) else 0.0
+        mean = self.objective.bpd(model, self.test_x, exact, progress=self.progress) if len(self.test_x) else 0.0
         total = torch.tensor([mean * len(self.test_x), len(self.test_x)], dtype=torch.float64)
         total = dist_utils.all_reduce_sum_(total.to(self.device)).cpu()
         return float(total[0] / total[1])
 
     def sample_grid(self, name: str) -> Path | None:
-        from .sampling import ddpm_sample, save_grid
+        from .sampling import save_grid
 
         if not self.is_main or self.cfg.num_samples == 0:
             return None
         shape = (self.cfg.num_samples,) + tuple(self.data.shape)
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        images = ddpm_sample(self.ema.module.eval(), self.schedule, shape, device=self.device, generator=gen,
-                             variance=self.cfg.variance, progress=self.progress)
+        images = self.objective.sample(self.ema.module.eval(), shape, self.device, gen, progress=self.progress)
         return save_grid(images, self.out / "samples" / f"{name}.png")
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -268,7 +262,7 @@ class Trainer:
         if self.step == 0:
             bpd = self.evaluate(exact=False)
             self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})
-            self.say(f"step 0: test bits/dim ≈ {bpd:.4f} (stratified estimate, untrained model)")
+            self.say(f"step 0: test bits/dim ≈ {bpd:.4f} ({self.objective.estimate_name}, untrained model)")
             self.log_density()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
@@ -295,7 +289,7 @@ class Trainer:
                 bpd = self.evaluate(exact=False)
                 self.log({"step": self.step, "test_bpd": bpd, "bpd_method": "estimate",
                           "train_seconds": self.train_seconds})
-                self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)", bar)
+                self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} ({self.objective.estimate_name})", bar)
                 self.log_density()
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid(f"step_{self.step:08d}")
@@ -307,7 +301,7 @@ class Trainer:
         self.save()
         exact = cfg.final_exact
         bpd = self.evaluate(exact=exact)
-        method = "exact" if exact else "estimate"
+        method = self.objective.label(exact)
         self.log({"step": self.step, "test_bpd": bpd, "bpd_method": method, "train_seconds": self.train_seconds,
                   "final": True})
         self.log_density()
@@ -337,8 +331,8 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
     """A checkpoint can only continue a run with the same data shape, schedule and model."""
-    old = meta["config"]
-    for key in ("T", "schedule", "beta_start", "beta_end", "model", "method", "sampler", "weighting"):
+    old = {"objective": "ddpm", **meta["config"]}  # checkpoints from before the field were all DDPM
+    for key in ("objective", "T", "schedule", "beta_start", "beta_end", "model", "method", "sampler", "weighting"):
         if old.get(key) != getattr(cfg, key):
             raise UserError(f"checkpoint was trained with {key}={old.get(key)!r} but this run has "
                             f"{key}={getattr(cfg, key)!r}; use the same settings or a new --out folder")
