@@ -198,7 +198,10 @@ def ode_likelihood(model, x0: torch.Tensor, *, bins: int | None = None, steps: i
     are dequantised: y = x0 + u·Δ with u ~ U(−½, ½)^D and Δ = 2/(bins − 1), and the result is
     −log p(y)/(D ln 2) + log2(1/Δ), an upper bound (in expectation over u) on the discrete data's
     −log2 P(x0)/D, comparable to the discrete bound's bits/dim. `bins=None` scores x0 as continuous data.
-    The dequantisation noise and the probes come from a CPU generator seeded with `seed`."""
+    The dequantisation noise and the probes come from a CPU generator seeded with `seed`.
+
+    Put the model in eval mode first: the batch is repeated once per probe (D times for the exact trace,
+    so `batch_size` samples make batch_size·D model inputs), and dropout would make the copies differ."""
     _check_likelihood_options(steps, solver, trace, probes, bins, batch_size)
     require(len(x0) > 0, "cannot evaluate the likelihood of an empty data set")
     require(x0.is_floating_point(), f"x0 must be a float tensor, got {x0.dtype}")
