@@ -63,8 +63,9 @@ class FlowObjective:
 
     Training: the velocity MSE at t from the sampler. The data are uniformly dequantised in training
     (x0 + U(−Δ/2, Δ/2) with Δ the spacing of the data's `bins` levels; `dequantize=False` turns it off),
-    since the likelihood scores the dequantised density: a flow trained on the levels alone piles its
-    density onto them. Scoring: the probability-flow ODE's bits/dim with the same dequantisation
+    since the likelihood scores the dequantised density, which a flow trained on the levels alone is free to
+    concentrate on them (on the digits after 1000 steps the two read 3.181 and 3.177 bits/dim: no difference
+    yet). Scoring: the probability-flow ODE's bits/dim with the same dequantisation
     (flow.ode_likelihood, Hutchinson's trace with `probes` ±1 vectors, RK4), on the first `eval_images`
     test images with `eval_steps` steps during training and on the whole test split with `final_steps` at
     the end. Sampling: `sample_steps` Euler steps from noise."""
