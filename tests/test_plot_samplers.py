@@ -84,3 +84,36 @@ def test_density_heatmap_range_ignores_the_half_mass_end_timesteps(tmp_path):
     assert density_colour_range(rounded.numpy()) == 1.5
     path = plot_density_over_training([0, 10], (rounded / 10).tolist(), tmp_path / "d.png", title="t")
     assert Image.open(path).size[0] > 0
+
+
+# --- rectified flow: continuous t ----------------------------------------------------------------
+
+def test_flow_figure_is_written_and_complete(tmp_path):
+    from timestep_sampling.plotting import plot_flow_samplers
+
+    out = tmp_path / "flow.png"
+    methods = ["flow-uniform", "flow-logit-normal:shift=3+flow-none", "flow-mode", "flow-elbo", "flow-sigma-sqrt"]
+    labels = plot_flow_samplers(methods, out, figsize=(8, 6), dpi=50)
+    assert labels == methods
+    with Image.open(out) as image:
+        assert image.size == (400, 300) and len(image.convert("RGB").getcolors(1 << 20)) > 20
+    with pytest.raises(UserError, match="draws discrete timesteps; plot it with plot_samplers"):
+        plot_flow_samplers(["uniform"], tmp_path / "x.png")
+
+
+def test_a_flow_method_in_the_discrete_figure_is_named_not_drawn(tmp_path):
+    labels = plot_samplers(LINEAR, ["uniform", "flow-uniform"], tmp_path / "p.png", figsize=(6, 4), dpi=40)
+    assert labels[1] == "flow-uniform (continuous t: see plot_flow_samplers)"
+
+
+def test_the_command_writes_a_second_figure_for_flow_methods(tmp_path, capsys):
+    from timestep_sampling.cli import main
+
+    out = tmp_path / "s.png"
+    assert main(["plot-samplers", "--methods", "uniform,flow-cosmap", "--flow-methods", "flow-uniform",
+                 "--out", str(out)]) == 0
+    assert out.exists() and (tmp_path / "s-flow.png").exists()
+    assert "s-flow.png" in capsys.readouterr().out
+    only = tmp_path / "only.png"  # only flow methods: the one figure takes --out
+    assert main(["plot-samplers", "--methods", "flow-mode", "--flow-methods", "", "--out", str(only)]) == 0
+    assert only.exists() and not (tmp_path / "only-flow.png").exists()

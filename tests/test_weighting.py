@@ -116,7 +116,8 @@ def test_weights_follow_t_and_keep_its_shape():
     ("min-snr", {"gamma": 0}, "gamma must be a number > 0"),
     ("min-snr", {"prediction": "score"}, "valid choices: epsilon, sample, v, v_prediction, x0"),
     ("min-snr", {"gama": 5}, "valid choices: gamma, prediction"),
-    ("min-snrr", {}, "valid choices: debiased, min-snr, none, p2, speed, speed-2024, vlb"),
+    ("min-snrr", {}, "valid choices: debiased, flow-cosmap, flow-elbo, flow-min-snr, flow-none, flow-sigma-sqrt, "
+                     "min-snr, none, p2, speed, speed-2024, vlb"),
     ("speed", {"lam": 1.5}, r"lam must be a number in \[0, 1\]"),
     ("speed", {"tau": 5000}, r"tau must be an integer in \[0, T=1000\]"),
     ("vlb", {"variance": "learned"}, "valid choices: fixed-large, fixed-small"),

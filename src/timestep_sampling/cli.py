@@ -16,7 +16,8 @@ def _train(args) -> None:
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "steps", "schedule", "seed", "method", "sampler",
                  "weighting", "eval_every", "batch_size", "lr", "model", "device", "T", "checkpoint_every",
-                 "num_samples", "warmup", "ema_decay", "ema_warmup", "precision", "channels_last", "compile")}
+                 "num_samples", "warmup", "ema_decay", "ema_warmup", "precision", "channels_last", "compile",
+                 "objective")}
     cfg = make_config(args.config, **overrides)
     train(cfg, resume=args.resume, progress=not args.no_progress)
 
@@ -39,15 +40,27 @@ def _sample(args) -> None:
 
 
 def _plot_samplers(args) -> None:
-    from .plotting import plot_samplers
+    from pathlib import Path
+
+    from .methods import is_flow_method
+    from .plotting import plot_flow_samplers, plot_samplers
     from .schedule import NoiseSchedule
 
     from .data import load_data
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    x0 = load_data(args.data).train[:256]  # data-conditioned samplers (adaptive) are drawn averaged over it
-    plot_samplers(NoiseSchedule(args.schedule, T=args.T), methods, args.out, x0=x0)
-    print(f"wrote {args.out}")
+    flow = [m.strip() for m in args.flow_methods.split(",") if m.strip()]
+    flow += [m for m in methods if is_flow_method(m) and m not in flow]  # a flow method in --methods moves over
+    discrete = [m for m in methods if m not in flow]
+    if discrete:
+        x0 = load_data(args.data).train[:256]  # data-conditioned samplers (adaptive) are drawn averaged over it
+        plot_samplers(NoiseSchedule(args.schedule, T=args.T), discrete, args.out, x0=x0)
+        print(f"wrote {args.out}")
+    if flow:
+        out = Path(args.out)
+        flow_out = args.flow_out or (out if not discrete else out.with_name(f"{out.stem}-flow{out.suffix}"))
+        plot_flow_samplers(flow, flow_out)
+        print(f"wrote {flow_out} (rectified flow: continuous t)")
 
 
 def _analysis_out(args) -> str:
@@ -227,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="a preset pairing a sampler and a weighting, e.g. uniform, min-snr, speed, adaptive")
     p.add_argument("--sampler", help="override the preset's sampler, e.g. 'logit-normal:mean=0,std=1'")
     p.add_argument("--weighting", help="override the preset's weighting, e.g. 'min-snr:gamma=5'")
+    p.add_argument("--objective", help="ddpm (default) or flow (rectified flow: use a flow-... method), "
+                                       "e.g. 'flow:sample_steps=20'")
     p.add_argument("--eval-every", type=int, help="estimate test bits/dim every N steps (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default: a tenth of --steps, at "
                                                         "most 500, at least 1; 0: only at the end)")
@@ -274,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--methods", default="uniform,p2,min-snr,logit-normal,lognormal-edm,speed,speed-2024,beta-0.95,"
                                         "adaptive")
+    p.add_argument("--flow-methods", default="flow-uniform,flow-logit-normal,flow-mode,flow-cosmap,"
+                                             "flow-logit-normal:shift=3+flow-none,flow-elbo,flow-min-snr,flow-sigma-sqrt",
+                   help="rectified-flow methods (continuous t), drawn in a second figure; '' for none")
     p.add_argument("--data", default="digits", help="images to average a data-conditioned sampler's pmf over")
     p.add_argument("--out", default="samplers.png")
+    p.add_argument("--flow-out", help="the flow figure (default: OUT with -flow before the suffix)")
     p.set_defaults(func=_plot_samplers)
     _add_analyze_parser(sub)
     _add_bench_parser(sub)

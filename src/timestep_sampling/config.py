@@ -25,6 +25,9 @@ class TrainConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     variance: str = "fixed-large"
+    # "ddpm" (ε-prediction on the schedule above) or "flow" (rectified flow with a flow-... method;
+    # options as a spec, e.g. "flow:sample_steps=20"; objectives.py)
+    objective: str = "ddpm"
     # which timesteps and how to weight them: a method preset, optionally overridden part by part
     method: str = "uniform"
     sampler: str | None = None

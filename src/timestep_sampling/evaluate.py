@@ -43,10 +43,17 @@ def load_model(path: str | Path, device="cpu", use_ema: bool = True):
     return model.to(device).eval(), schedule, cfg, meta
 
 
+def _require_ddpm(cfg) -> None:
+    if cfg.objective != "ddpm":
+        raise UserError(f"this checkpoint was trained with objective {cfg.objective!r}; evaluate and sample read DDPM "
+                        f"checkpoints only (the run's metrics.jsonl and samples/ hold its bits/dim and samples)")
+
+
 def evaluate_checkpoint(path, *, exact: bool = True, data: str | None = None, device="cpu",
                         progress: bool = True) -> BoundResult:
     """Test bits/dim of a checkpoint on its own data's test split (or on `data`)."""
     model, schedule, cfg, meta = load_model(path, device)
+    _require_ddpm(cfg)
     dataset = load_data(data or cfg.data)
     if list(dataset.shape) != list(meta["data_shape"]):
         raise UserError(f"the checkpoint expects images of shape {meta['data_shape']}, the data has {list(dataset.shape)}")
@@ -63,6 +70,7 @@ def sample_checkpoint(path, out: str | Path, *, num: int = 64, method: str = "dd
     if num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
     model, schedule, cfg, meta = load_model(path, device)
+    _require_ddpm(cfg)
     shape = (num,) + tuple(meta["data_shape"])
     gen = torch.Generator().manual_seed(seed)
     if method == "ddpm":

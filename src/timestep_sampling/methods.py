@@ -3,6 +3,9 @@ one argument (`make_method("speed", schedule)`), while the two halves stay separ
 
 Any other pairing is written "sampler+weighting", each half a spec string:
 `make_method("speed+min-snr:gamma=5", schedule)`; so SpeeD with another λ is "speed+speed:lam=0.5".
+
+Methods whose names start with "flow-" are for rectified flow (continuous t ∈ (0, 1)); a pairing must
+keep both halves of one kind: "flow-logit-normal:shift=3+flow-min-snr".
 """
 from __future__ import annotations
 
@@ -34,6 +37,14 @@ METHODS: dict[str, tuple[str, str]] = {
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
+    # rectified flow: continuous t in (0, 1), weights on the velocity MSE
+    "flow-uniform": ("flow-uniform", "flow-none"),
+    "flow-logit-normal": ("flow-logit-normal", "flow-none"),  # SD3's default
+    "flow-mode": ("flow-mode", "flow-none"),
+    "flow-cosmap": ("flow-cosmap", "flow-none"),
+    "flow-elbo": ("flow-uniform", "flow-elbo"),
+    "flow-min-snr": ("flow-uniform", "flow-min-snr"),
+    "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
 }
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.
@@ -76,11 +87,27 @@ def method_label(method: str, sampler: str | None = None, weighting: str | None 
     return "+".join(pair)
 
 
-def make_method(name: str, schedule: NoiseSchedule, prediction: str | None = None,
+def make_method(name: str, schedule: NoiseSchedule | None = None, prediction: str | None = None,
                 **sampler_options) -> tuple[TimestepSampler, LossWeighting]:
     """(sampler, weighting) for a method name. Keyword options go to the sampler (they override those
-    in its spec); `prediction` (epsilon, v, x0) goes to the weighting."""
+    in its spec); `prediction` (epsilon, v, x0) goes to a discrete weighting (a flow's weights are always
+    on the velocity MSE). A flow method needs no schedule."""
     sampler_spec, weighting_spec = method_specs(name)
     sampler = make_sampler(sampler_spec, schedule, **sampler_options)
-    weighting_options = {} if prediction is None else {"prediction": prediction}
-    return sampler, make_weighting(weighting_spec, schedule, **weighting_options)
+    weighting = make_weighting(weighting_spec, schedule, **(
+        {} if prediction is None or sampler.continuous else {"prediction": prediction}))
+    if sampler.continuous != weighting.continuous:
+        kinds = {True: "continuous times t in (0, 1) (rectified flow)", False: "discrete timesteps"}
+        raise UserError(f"method {name!r} pairs a sampler of {kinds[sampler.continuous]} with a weighting of "
+                        f"{kinds[weighting.continuous]}; pair flow-... with flow-...")
+    return sampler, weighting
+
+
+def is_flow_method(name: str) -> bool:
+    """Whether a method (preset or "sampler+weighting") draws continuous times, without building it."""
+    from .samplers.base import SAMPLERS, _load_all
+    from .registry import parse_spec
+
+    _load_all()
+    sampler_name, _ = parse_spec(method_specs(name)[0])
+    return getattr(SAMPLERS._entries.get(sampler_name), "continuous", False)

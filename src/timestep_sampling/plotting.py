@@ -1,4 +1,5 @@
-"""A picture of what each method trains: its timestep density and its effective weight.
+"""A picture of what each method trains: its timestep density and its effective weight (discrete
+timesteps in `plot_samplers`, rectified flow's continuous t in `plot_flow_samplers`).
 
 matplotlib is imported inside the function, so the library core never needs it, and the figure is
 drawn on its own Agg canvas, so a caller's pyplot backend is left alone.
@@ -22,6 +23,8 @@ def trained_density(sampler: TimestepSampler, x0: torch.Tensor | None = None) ->
 
     A sampler whose pmf depends on the data (the conditioned adaptive sampler) is asked for its pmf
     averaged over the batch `x0`, when one is given."""
+    if sampler.continuous:
+        return None, " (continuous t: see plot_flow_samplers)"
     if getattr(sampler, "dual", False) and hasattr(sampler, "batch_probabilities"):
         return sampler.batch_probabilities(), " (batch share, duals included)"
     try:
@@ -94,6 +97,75 @@ def plot_samplers(schedule: NoiseSchedule, methods: list[str], out_path, predict
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(f"timestep samplers and weightings, {schedule.name} schedule, T = {schedule.T}")
+    fig.legend(loc="outside lower center", ncols=min(4, max(1, len(methods))), fontsize="small")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, format="png", dpi=dpi)
+    return labels
+
+
+def flow_grid(points: int = 1401, logit_range: float = 7.0) -> torch.Tensor:
+    """Times t = sigmoid(z) for z evenly spaced in [−logit_range, logit_range] (t from 9·10⁻⁴ to 1 − 9·10⁻⁴):
+    even in log-SNR = −2z, and dense enough near both ends to show how a density behaves there."""
+    return torch.sigmoid(torch.linspace(-logit_range, logit_range, points, dtype=torch.float64))
+
+
+def plot_flow_samplers(methods: list[str], out_path, figsize: tuple[float, float] = (13, 9), dpi: int = 100,
+                       points: int = 1401) -> list[str]:
+    """Write a PNG of 2×2 panels for rectified-flow methods (continuous t ∈ (0, 1)): top, each method's time
+    density p(t); bottom, its effective weight p(t)·w(t), normalised to integrate to 1 over the drawn range
+    (t⁻² and (1 − t)/t are not integrable at 0), on a log scale; left against t, right against
+    log-SNR λ = 2·log((1 − t)/t), where the density is p(t)·t(1 − t)/2 (the Jacobian |dt/dλ|). Returns the
+    legend labels."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .methods import is_flow_method
+
+    for name in methods:
+        if not is_flow_method(name):
+            raise UserError(f"method {name!r} draws discrete timesteps; plot it with plot_samplers")
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    axes = fig.subplots(2, 2)  # per unit of t and per unit of λ differ in scale: no shared y
+    t = flow_grid(points)
+    lam = (2 * torch.log((1 - t) / t)).numpy()
+    jacobian = (t * (1 - t) / 2).numpy()
+    labels, floor, ceiling = [], 1.0, 0.0
+    for i, name in enumerate(methods):
+        sampler, weighting = make_method(name)
+        density = sampler.density(t).numpy()
+        effective = density * weighting.weights(t).double().numpy()
+        style = {"color": f"C{i % 10}", "linestyle": LINESTYLES[(i // 10 + i) % len(LINESTYLES)], "lw": 1.6}
+        labels.append(name)
+        curves = [(t.numpy(), density, effective), (lam, density * jacobian, effective * jacobian)]
+        for col, (x, p, e) in enumerate(curves):
+            e = e / abs(np.sum((e[1:] + e[:-1]) / 2 * np.diff(x)))  # trapezoid rule
+            floor, ceiling = min(floor, e.max()), max(ceiling, e.max())
+            axes[0, col].plot(x, p, label=name if col == 0 else None, **style)
+            axes[1, col].plot(x, e, **style)
+    for ax in axes[1]:
+        if ceiling > 0:  # five decades below the smallest peak, as in plot_samplers
+            ax.set_ylim(floor * 1e-5, ceiling * 2)
+        ax.set_yscale("log")
+    for ax in axes[:, 1]:
+        ax.set_xlim(lam.max(), lam.min())  # clean (high log-SNR) on the left, noisy on the right
+    for ax in axes[0]:
+        ax.set_ylim(bottom=0)
+    axes[0, 0].set_title("time density p(t)")
+    axes[0, 1].set_title("density of log-SNR λ = 2·log((1 − t)/t)")
+    axes[1, 0].set_title("effective weight p(t)·w(t), normalised over the drawn range")
+    axes[1, 1].set_title("effective weight against log-SNR")
+    for ax in axes[:, 0]:
+        ax.set_xlabel("t (0 = data, 1 = noise)")
+    for ax in axes[:, 1]:
+        ax.set_xlabel("log-SNR λ (reversed: clean → noisy)")
+    axes[0, 0].set_ylabel("density per unit of t")
+    axes[0, 1].set_ylabel("density per unit of λ")
+    axes[1, 0].set_ylabel("share of the objective per unit of t")
+    axes[1, 1].set_ylabel("share of the objective per unit of λ")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle("rectified flow: time samplers and weightings (x_t = (1 − t)·x0 + t·ε)")
     fig.legend(loc="outside lower center", ncols=min(4, max(1, len(methods))), fontsize="small")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""The reference trainer: DDPM ε-prediction with any timestep sampler and loss weighting, on one
-process or many (torchrun). It uses the library exactly as a user's own loop would:
+"""The reference trainer: DDPM ε-prediction (or rectified flow: `objective = "flow"`, objectives.py) with
+any timestep sampler and loss weighting, on one process or many (torchrun). It uses the library exactly
+as a user's own loop would:
 `sampler.sample()` → weighted MSE → `sampler.observe()` around the optimiser step → `sampler.update()`.
 
 Every source of randomness is re-seeded from (seed, step, rank) at each step, and the batches are a
@@ -19,15 +20,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .bound import estimate_bpd, exact_bpd
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
-from .diffusion import mse_per_sample
 from .devices import check_device
 from .errors import UserError
 from .methods import effective_specs, method_label
 from .models import count_parameters, make_unet
+from .objectives import make_objective
 from .plotting import plot_density_over_training, sampler_learns, trained_density
 from .samplers import make_sampler
 from .schedule import NoiseSchedule
@@ -176,6 +176,7 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
         self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
         self.label = method_label(cfg.method, cfg.sampler, cfg.weighting)  # what this run trains, by name
+        self.objective = make_objective(cfg, self.schedule, self.data.bins, self.sampler)
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
         self._logged_updates = getattr(self.sampler, "updates", None)
         if not (resume and self._resume()) and self.is_main:
@@ -292,7 +293,7 @@ class Trainer:
         mse = None
         try:
             with self.sampler.observe(self.net, x0, optimizer=self.opt):  # its probes: the plain float32 network
-                mse = mse_per_sample(self.forward, self.schedule, x0, t, noise)
+                mse = self.objective.loss(self.forward, x0, t, noise)
                 loss = (mse * w * self.weighting.weights(t)).mean()
                 if not _all_finite(loss):
                     raise _SkipStep
@@ -327,27 +328,20 @@ class Trainer:
     def evaluate(self, exact: bool, model: torch.nn.Module | None = None) -> float:
         """Test bits/dim of `model` (default the EMA model), each rank scoring its shard of the test set."""
         model = (self.ema.module if model is None else model).eval()
-        fn = exact_bpd if exact else estimate_bpd
-        kwargs = dict(bins=self.data.bins, variance=self.cfg.variance, seed=0)
-        if exact:
-            kwargs["progress"] = self.progress
-        else:
-            kwargs.update(exact_below=min(self.cfg.eval_exact_below, self.cfg.T), strata=self.cfg.eval_strata)
         # A rank whose shard is empty (more ranks than test images) still joins the all-reduce.
-        mean = fn(model, self.schedule, self.test_x, **kwargs).total if len(self.test_x) else 0.0
+        mean = self.objective.bpd(model, self.test_x, exact, progress=self.progress) if len(self.test_x) else 0.0
         total = torch.tensor([mean * len(self.test_x), len(self.test_x)], dtype=torch.float64)
         total = dist_utils.all_reduce_sum_(total.to(self.device)).cpu()
         return float(total[0] / total[1])
 
     def sample_grid(self, name: str) -> Path | None:
-        from .sampling import ddpm_sample, save_grid
+        from .sampling import save_grid
 
         if not self.is_main or self.cfg.num_samples == 0:
             return None
         shape = (self.cfg.num_samples,) + tuple(self.data.shape)
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        images = ddpm_sample(self.ema.module.eval(), self.schedule, shape, device=self.device, generator=gen,
-                             variance=self.cfg.variance, progress=self.progress)
+        images = self.objective.sample(self.ema.module.eval(), shape, self.device, gen, progress=self.progress)
         return save_grid(images, self.out / "samples" / f"{name}.png")
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -362,7 +356,7 @@ class Trainer:
         if self.step == 0:
             bpd = self.evaluate(exact=False)
             self.log({"step": 0, "test_bpd": bpd, "bpd_method": "estimate", "train_seconds": 0.0})
-            self.say(f"step 0: test bits/dim ≈ {bpd:.4f} (stratified estimate, untrained model)")
+            self.say(f"step 0: test bits/dim ≈ {bpd:.4f} ({self.objective.estimate_name}, untrained model)")
             self.log_density()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
@@ -389,7 +383,7 @@ class Trainer:
                 bpd = self.evaluate(exact=False)
                 self.log({"step": self.step, "test_bpd": bpd, "bpd_method": "estimate",
                           "train_seconds": self.train_seconds})
-                self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} (stratified estimate)", bar)
+                self.say(f"step {self.step}: test bits/dim ≈ {bpd:.4f} ({self.objective.estimate_name})", bar)
                 self.log_density()
             if cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.sample_grid(f"step_{self.step:08d}")
@@ -403,7 +397,7 @@ class Trainer:
         bpd = self.evaluate(exact=exact)
         # The training weights too, so that an EMA that lags (or helps) shows; with decay 0 they are the EMA.
         train_bpd = bpd if cfg.ema_decay == 0 else self.evaluate(exact=exact, model=self.net)
-        method = "exact" if exact else "estimate"
+        method = self.objective.label(exact)
         self.log({"step": self.step, "test_bpd": bpd, "test_bpd_train": train_bpd, "bpd_method": method,
                   "train_seconds": self.train_seconds, "final": True})
         self.log_density()
@@ -433,13 +427,14 @@ def _all_finite(x: torch.Tensor) -> bool:
     return dist_utils.all_reduce_sum_(bad).item() == 0
 
 
-SAME_RUN_KEYS = ("T", "schedule", "beta_start", "beta_end", "model")  # and the method, by what it trains
+SAME_RUN_KEYS = ("objective", "T", "schedule", "beta_start", "beta_end", "model")  # and the method, by what it trains
 
 
 def check_same_settings(old: dict, cfg: TrainConfig, source: str, keys=SAME_RUN_KEYS) -> None:
     """A UserError unless the config `old` (from `source`) and `cfg` describe the same run in `keys` and method."""
     # The method is compared by what it trains, not how it was spelt: a checkpoint written before config.json
     # named the pair (method "uniform" with --sampler adaptive) resumes under the pair's own name.
+    old = {"objective": "ddpm", **old}  # runs from before the field were all DDPM
     label = method_label(old.get("method", "uniform"), old.get("sampler"), old.get("weighting"))
     before = {**{key: old.get(key) for key in keys}, "method": label}
     now = {**{key: getattr(cfg, key) for key in keys}, "method": method_label(cfg.method, cfg.sampler, cfg.weighting)}
@@ -464,7 +459,7 @@ def check_same_run(path: Path, cfg: TrainConfig) -> None:
 
 
 def check_compatible(meta: dict, cfg: TrainConfig, data: ImageDataset) -> None:
-    """A checkpoint can only continue a run with the same data shape, schedule, model and method."""
+    """A checkpoint can only continue a run with the same objective, data shape, schedule, model and method."""
     check_same_settings(meta["config"], cfg, "checkpoint was trained with")
     if list(meta["data_shape"]) != list(data.shape):
         raise UserError(f"checkpoint was trained on images of shape {meta['data_shape']} but the data "

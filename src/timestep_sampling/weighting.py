@@ -10,6 +10,9 @@ model that predicts v or x0 the weight is converted so that the objective stays 
 the model: with x_t fixed, ‖x̂0 − x0‖² = ‖ε̂ − ε‖²/SNR_t and ‖v̂ − v‖² = ‖ε̂ − ε‖²/ᾱ_t, hence
 w^x0 = w^ε·SNR_t and w^v = w^ε·SNR_t/(1 + SNR_t). For Min-SNR this gives exactly its published
 v and x0 forms. `none` is the plain MSE of whatever the model predicts.
+
+Rectified flow (continuous t ∈ (0, 1), METHOD.md section 8) has its own rules, named "flow-...", at the
+end of this file: they weigh the velocity MSE ‖v − v̂‖² and take float times.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 
 from .diffusion import VARIANCES, model_log_variance
 from .errors import require, unknown_choice
+from .flow import check_continuous, elbo_weight
 from .registry import Registry
 from .samplers.fixed import check_tau
 from .schedule import NoiseSchedule
@@ -30,8 +34,9 @@ PREDICTIONS = ("epsilon", "v", "x0")
 PREDICTION_ALIASES = {"v_prediction": "v", "sample": "x0"}
 
 
-def make_weighting(spec: str, schedule: NoiseSchedule, **options) -> "LossWeighting":
-    """Build a weighting from a name or spec string, e.g. make_weighting("min-snr:gamma=5", schedule)."""
+def make_weighting(spec: str, schedule: NoiseSchedule | None = None, **options) -> "LossWeighting":
+    """Build a weighting from a name or spec string, e.g. make_weighting("min-snr:gamma=5", schedule).
+    Flow weightings ("flow-...") need no schedule: make_weighting("flow-min-snr:gamma=5")."""
     return WEIGHTINGS.make(spec, schedule, **options)
 
 
@@ -61,9 +66,12 @@ class LossWeighting:
     is computed once, and `weights(t)` looks it up on t's device."""
 
     name = "base"
+    continuous = False
 
     def __init__(self, schedule: NoiseSchedule, prediction: str = "epsilon"):
-        require(isinstance(schedule, NoiseSchedule), f"expected a NoiseSchedule, got {type(schedule).__name__}")
+        require(isinstance(schedule, NoiseSchedule),
+                f"weighting {self.name!r} is for discrete timesteps and needs a NoiseSchedule, "
+                f"got {type(schedule).__name__}")
         self.schedule = schedule
         self.T = schedule.T
         self.prediction = check_prediction(prediction)
@@ -210,3 +218,99 @@ class VLBWeighting(LossWeighting):
         t = torch.arange(s.T)
         sigma2 = model_log_variance(s, t, torch.zeros(s.T, dtype=torch.float64), self.variance).exp()
         return s.betas**2 / (2 * sigma2 * s.alphas * (1 - s.alphas_cumprod))
+
+
+# --- rectified flow: weights on the velocity MSE at a continuous t ∈ (0, 1) -------------------------------
+#
+# With x0 = x_t − t·v and ε = x_t + (1 − t)·v at fixed x_t, ‖ε − ε̂‖² = (1 − t)²·‖v − v̂‖² and
+# ‖x0 − x̂0‖² = t²·‖v − v̂‖², so a rule published as a weight on the ε-MSE becomes w^v = (1 − t)²·w^ε on the
+# velocity MSE, and one on the x0-MSE w^v = t²·w^x0. SNR(t) = ((1 − t)/t)².
+
+
+class FlowWeighting:
+    """Per-sample weights w(t) of rectified flow's velocity MSE, for a batch of float times t ∈ (0, 1):
+    `weights(t)` is float32 on t's device. `schedule` is accepted and ignored (a flow has none), so that
+    make_method builds discrete and continuous methods alike."""
+
+    name = "flow-base"
+    continuous = True
+
+    def __init__(self, schedule=None):
+        self.schedule = schedule
+
+    def rule(self, t: torch.Tensor) -> torch.Tensor:
+        """w(t) for float64 t."""
+        raise NotImplementedError
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        check_continuous(t, f"weighting {self.name!r}")
+        return self.rule(t.double()).float()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@WEIGHTINGS.register("flow-none")
+class FlowNoWeighting(FlowWeighting):
+    """w = 1: the plain velocity MSE (rectified flow, and SD3 with its samplers)."""
+
+    name = "flow-none"
+
+    def rule(self, t):
+        return torch.ones_like(t)
+
+
+@WEIGHTINGS.register("flow-elbo")
+class FlowELBOWeighting(FlowWeighting):
+    """w = (1 − t)/t: with it the velocity MSE becomes the ELBO's integrand (flow.elbo_weight, METHOD.md §8),
+    so E_{t~U(0,1)}[w·MSE]·D = −ELBO in nats plus a constant. Unbounded as t → 0 (about 1.7·10⁷ at the smallest
+    draw, 2⁻²⁴): with uniform t the estimate's variance comes from the few small t drawn."""
+
+    name = "flow-elbo"
+
+    def rule(self, t):
+        return elbo_weight(t)
+
+
+@WEIGHTINGS.register("flow-min-snr")
+class FlowMinSNRWeighting(FlowWeighting):
+    """Min-SNR-γ (Hang et al. 2023) on the velocity MSE: w = min((1 − t)², γ·t²).
+
+    Derivation: Min-SNR-γ weighs the ε-MSE by min(SNR, γ)/SNR; with SNR = ((1 − t)/t)² and
+    ‖ε − ε̂‖² = (1 − t)²·‖v − v̂‖², the same objective on the velocity MSE has
+    w = (1 − t)²·min(SNR, γ)/SNR = min((1 − t)², γ·t²), which is also min(SNR, γ) on the x0-MSE
+    (‖x0 − x̂0‖² = t²·‖v − v̂‖²). The two branches meet where SNR = γ, at t = 1/(1 + √γ) (0.309 for γ = 5);
+    w → 0 at both ends. γ = 5."""
+
+    name = "flow-min-snr"
+
+    def __init__(self, schedule=None, gamma: float = 5.0):
+        self.gamma = check_real("gamma", gamma, low=0, low_open=True)
+        super().__init__(schedule)
+
+    def rule(self, t):
+        return torch.minimum((1 - t) ** 2, self.gamma * t ** 2)
+
+    def __repr__(self) -> str:
+        return f"FlowMinSNRWeighting(gamma={self.gamma:g})"
+
+
+@WEIGHTINGS.register("flow-sigma-sqrt")
+class FlowSigmaSqrtWeighting(FlowWeighting):
+    """SD3's "sigma_sqrt" (diffusers' compute_loss_weighting_for_sd3): w = t⁻², with σ = t. Unbounded as t → 0."""
+
+    name = "flow-sigma-sqrt"
+
+    def rule(self, t):
+        return t ** -2
+
+
+@WEIGHTINGS.register("flow-cosmap")
+class FlowCosmapWeighting(FlowWeighting):
+    """SD3's "cosmap" weighting (diffusers' compute_loss_weighting_for_sd3): w = 2/(π(1 − 2t + 2t²)), the
+    density of the `flow-cosmap` sampler, so uniform t with this weight trains the same objective."""
+
+    name = "flow-cosmap"
+
+    def rule(self, t):
+        return 2 / (math.pi * (1 - 2 * t + 2 * t ** 2))

@@ -26,9 +26,12 @@ class TimestepSampler:
     sampler does) and `state_dict()` / `load_state_dict()`."""
 
     name = "base"
+    continuous = False  # True for samplers of a continuous time t in (0, 1) (samplers/continuous.py)
 
     def __init__(self, schedule: NoiseSchedule, unbiased: bool = False):
-        require(isinstance(schedule, NoiseSchedule), f"expected a NoiseSchedule, got {type(schedule).__name__}")
+        require(isinstance(schedule, NoiseSchedule),
+                f"sampler {self.name!r} draws discrete timesteps and needs a NoiseSchedule, "
+                f"got {type(schedule).__name__}")
         self.schedule = schedule
         self.T = schedule.T
         self.unbiased = bool(unbiased)
@@ -79,8 +82,9 @@ class TimestepSampler:
         return f"{type(self).__name__}(T={self.T}, unbiased={self.unbiased})"
 
 
-def make_sampler(spec: str, schedule: NoiseSchedule, **options) -> TimestepSampler:
-    """Build a sampler from a name or a spec string, e.g. make_sampler("speed:k=5", schedule)."""
+def make_sampler(spec: str, schedule: NoiseSchedule | None = None, **options) -> TimestepSampler:
+    """Build a sampler from a name or a spec string, e.g. make_sampler("speed:k=5", schedule).
+    Continuous-time samplers ("flow-...") need no schedule: make_sampler("flow-logit-normal")."""
     _load_all()
     return SAMPLERS.make(spec, schedule, **options)
 
