@@ -30,7 +30,8 @@ from timestep_sampling.train import Trainer
 make_unet(8, 1)  # imports diffusers (seconds) here, once, so that the forked ranks need not
 
 SAMPLERS = {"uniform": "uniform", "loss-second-moment": "loss-second-moment:history=1",
-            "adaptive": "adaptive:update_every=5"}
+            "adaptive": "adaptive:update_every=5", "adaptive-paper": "adaptive:reward=paper,update_every=5",
+            "credit-proportional": "credit-proportional:update_every=5"}
 TORCHRUN_TIMEOUT = 180  # s; a job that hangs fails the test instead of the suite
 
 
@@ -117,7 +118,9 @@ def loss_steps(out):
 # The adaptive sampler's run also checks the model, EMA and optimiser; the other two samplers are slow-only
 # (tests/test_samplers.py already checks the loss-second-moment gather on two ranks).
 @pytest.mark.parametrize("sampler", [pytest.param("uniform", marks=pytest.mark.slow),
-                                     pytest.param("loss-second-moment", marks=pytest.mark.slow), "adaptive"])
+                                     pytest.param("loss-second-moment", marks=pytest.mark.slow), "adaptive",
+                                     pytest.param("adaptive-paper", marks=pytest.mark.slow),
+                                     pytest.param("credit-proportional", marks=pytest.mark.slow)])
 def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
     ranks = run_fit(tmp_path, data, "run", sampler=SAMPLERS[sampler])
     a, b = ranks
@@ -126,8 +129,12 @@ def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
         assert_identical(a[key], b[key], key)
     assert_identical(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
     assert_identical(a["sampler"], b["sampler"], "sampler")
-    if sampler == "adaptive":  # 3 updates (observe steps 0, 5, 10): one queue and one S on both ranks
+    if sampler.startswith("adaptive"):  # 3 updates (observe steps 0, 5, 10), the same policy on both ranks
         assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
+        assert not torch.equal(a["sampler"]["policy"]["raw"], a["loaded"]["sampler"]["policy"]["raw"])  # it learnt
+    if sampler == "credit-proportional":  # the credits of both ranks went into one set of band means
+        assert a["sampler"]["updates"] == 3 and int(a["sampler"]["band_seen"].sum()) > 0
+    if sampler == "adaptive-paper":  # one queue and one S on both ranks
         assert a["sampler"]["queue"]["features"].shape == (3, 50)  # the default scan: 50 strata of T = 100
         assert torch.equal(a["sampler"]["queue"]["features"], b["sampler"]["queue"]["features"])
         assert a["sampler"]["subset"] == b["sampler"]["subset"]

@@ -17,7 +17,7 @@ def test_the_readme_loop_runs_as_printed(tmp_path):
     script.write_text(block.group(1))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    match = re.fullmatch(r"loss (\S+), sampler updates 3, last reward ([+-]\S+)\n", result.stdout)
+    match = re.fullmatch(r"loss (\S+), sampler updates 5, last reward ([+-]\S+)\n", result.stdout)
     assert match, result.stdout
     assert 0 < float(match.group(1)) < 0.5  # the ε-loss starts near 1: it trained
 

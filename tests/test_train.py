@@ -105,7 +105,7 @@ def test_a_learning_sampler_leaves_its_density_over_training(tmp_path):
     assert (out / "sampler_density.png").stat().st_size > 0
     updates = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "sampler_update" in ln]
     assert [r["sampler_update"] for r in updates] == list(range(1, 16))  # one line per policy update (K = 2)
-    assert {"alpha_mean", "beta_mean", "alpha_std", "beta_std", "subset", "reward_mean"} <= set(updates[0]["sampler"])
+    assert {"alpha_mean", "beta_mean", "alpha_std", "beta_std", "reward_mean", "reward_std"} <= set(updates[0]["sampler"])
 
 
 def test_a_run_is_named_by_the_sampler_and_weighting_it_trains(tmp_path, capsys):
