@@ -64,7 +64,7 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("negative lr", T_ARGS + ["--lr", "-1"], "lr must be >= 0"),
     ("zero steps", ["train", "--steps", "0", "--no-progress"], "steps must be >= 1"),
     ("zero batch", ["train", "--batch-size", "0", "--no-progress"], "batch_size must be >= 1"),
-    ("unbiased without a pmf", T_ARGS + ["--sampler", "adaptive:conditioned=true,unbiased=true"], "unbiased"),
+    ("unbiased without a pmf", T_ARGS + ["--sampler", "adaptive:conditioned=True,unbiased=True"], "unbiased"),
     ("missing data path", T_ARGS + ["--data", "/no/such/place"], "/no/such/place"),
     ("flat npz", T_ARGS + ["--data", "{flat}"], "flat.npz"),
     ("npz out of range", T_ARGS + ["--data", "{range}"], "range"),
