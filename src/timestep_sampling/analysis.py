@@ -89,6 +89,16 @@ def _run_data(cfg: TrainConfig, data: str | None, shape):
     return dataset
 
 
+def checkpoint_to_train_on(run, step: int | None, data: str | None, device: str):
+    """(step, model with its training weights, schedule, config, trainer state with the optimiser's, data set)
+    of the checkpoint at `step` (default the latest), for analyses that train on from it."""
+    ((ckpt_step, path),) = run_checkpoints(run, None if step is None else [step])[-1:]
+    dev = resolve_device(device)
+    model, schedule, ckpt_cfg, meta = load_model(path, device=dev, use_ema=False)
+    _, state, _ = load_checkpoint(path, map_location=dev)
+    return ckpt_step, model, schedule, ckpt_cfg, state, _run_data(run_config(run), data, meta["data_shape"])
+
+
 def _models(checkpoints, device, ema: bool):
     """(step, model, schedule, meta) for each checkpoint, loaded one at a time."""
     for step, path in checkpoints:
@@ -269,12 +279,8 @@ def interdependence(run: str | Path, out: str | Path, *, step: int | None = None
     training on band i. Writes OUT/interdependence.{png,json}."""
     require(isinstance(train_steps, int) and train_steps >= 1, f"--train-steps must be >= 1, got {train_steps!r}")
     require(isinstance(images, int) and images >= 1, f"--images must be >= 1, got {images!r}")
-    ((ckpt_step, path),) = run_checkpoints(run, None if step is None else [step])[-1:]
-    cfg = run_config(run)
-    dev = resolve_device(device)
-    model, schedule, ckpt_cfg, meta = load_model(path, device=dev, use_ema=False)
-    _, state, _ = load_checkpoint(path, map_location=dev)
-    dataset = _run_data(cfg, data, meta["data_shape"])
+    ckpt_step, model, schedule, ckpt_cfg, state, dataset = checkpoint_to_train_on(run, step, data, device)
+    dev = next(model.parameters()).device
     train_x, test = dataset.train.to(dev), dataset.test[:images].to(dev)
     edges = bin_edges(schedule.T, bands)
     w = make_weighting(weighting, schedule)

@@ -21,13 +21,10 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-from .analysis import _run_data, _write, run_checkpoints, run_config
-from .checkpoint import load_checkpoint
+from .analysis import _write, checkpoint_to_train_on
 from .diffusion import mse_per_sample
 from .errors import require
-from .evaluate import load_model
 from .samplers.adaptive import AdaptiveSampler
-from .train import resolve_device
 
 ESTIMATORS = ("paper", "credit")
 
@@ -68,15 +65,12 @@ def reward_signal(run, out, *, step: int | None = None, updates: int = 20, group
                   data: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Score `updates` training steps from the checkpoint at `step` (default the latest) with every estimator."""
     require(isinstance(updates, int) and updates >= 2, f"--updates must be >= 2, got {updates!r}")
-    ((ckpt_step, path),) = run_checkpoints(run, None if step is None else [step])[-1:]
-    cfg = run_config(run)
-    dev = resolve_device(device)
-    model, schedule, ckpt_cfg, meta = load_model(path, device=dev, use_ema=False)
-    _, state, _ = load_checkpoint(path, map_location=dev)
-    train_x = _run_data(cfg, data, meta["data_shape"]).train.to(dev)
+    ckpt_step, model, schedule, ckpt_cfg, state, dataset = checkpoint_to_train_on(run, step, data, device)
+    dev = next(model.parameters()).device
+    train_x = dataset.train.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=ckpt_cfg.lr)
     opt.load_state_dict(copy.deepcopy(state["optimizer"]))
-    rewarders = _rewarders(schedule, meta["bins"], ckpt_cfg.variance, seed)
+    rewarders = _rewarders(schedule, dataset.bins, ckpt_cfg.variance, seed)
     gen = torch.Generator().manual_seed(seed)
     ts, rewards, labels = [], {name: [] for name in ESTIMATORS}, []
     cuda = [dev.index or 0] if dev.type == "cuda" else []
