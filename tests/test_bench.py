@@ -342,6 +342,12 @@ def test_records_fill_a_grid_across_invocations_and_the_report_covers_them_all(t
     track = json.loads((records / f"{bench.run_name(learned, 'linear', 0)}.json").read_text())["sampler"]
     assert track["alpha"] > 0 and track["tv_from_start"] > 0 and len(track["density"][0]) == 10
 
+    # A preset whose defaults changed since its record was made is another method: run again.
+    same = tiny_settings(tmp_path / "d", methods="uniform")
+    uniform = bench.method_fingerprint("uniform", "linear", 10)
+    assert bench.read_record(records, "uniform__linear__s0", same, uniform)["fingerprint"] == uniform
+    assert bench.read_record(records, "uniform__linear__s0", same, uniform + " changed") is None
+
     # Settings that change what a run means (here the step count) neither reuse nor mix in the records.
     other = tiny_settings(tmp_path / "c", records=str(records), methods="uniform", steps=6, eval_every=3)
     assert bench.read_record(records, "uniform__linear__s0", other) is None

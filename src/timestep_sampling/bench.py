@@ -42,7 +42,7 @@ from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import make_config
 from .errors import UserError, require, unknown_choice
 from .bench_records import all_records, read_record, write_record
-from .methods import make_method
+from .methods import make_method, method_specs
 from .schedule import SCHEDULES, NoiseSchedule
 
 DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2024", "adaptive",
@@ -165,6 +165,15 @@ def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
                      log_every=min(50, settings.eval_every))
     overrides.update(settings.extra)
     return make_config(**overrides)
+
+
+def method_fingerprint(method: str, schedule: str, T: int) -> str | None:
+    """What a method name trains, as its sampler's repr and its weighting's spec (None for a -final cell,
+    which is fixed by its learned run's record)."""
+    if method.endswith(FINAL_SUFFIX):
+        return None
+    sampler, _ = make_method(method, NoiseSchedule(schedule, T=T))
+    return f"{sampler!r} + {method_specs(method)[1]}"
 
 
 def frozen_final_method(settings: BenchSettings, method: str, schedule: str, seed: int) -> str:
@@ -874,7 +883,8 @@ def run_bench(settings: BenchSettings) -> dict:
     for method, schedule, seed in bar:
         name = run_name(method, schedule, seed)
         bar.set_postfix_str(name)
-        kept = read_record(settings.records, name, settings) if settings.records else None
+        fingerprint = method_fingerprint(method, schedule, settings.T)
+        kept = read_record(settings.records, name, settings, fingerprint) if settings.records else None
         if kept is not None:
             counts["recorded"] += 1
             records += kept["evals"]
@@ -903,6 +913,7 @@ def run_bench(settings: BenchSettings) -> dict:
         if settings.records and final:
             write_record(settings.records, name, settings, {
                 "method": method, "schedule": schedule, "seed": seed, "trained_as": cfg.method,
+                "fingerprint": fingerprint,
                 "evals": run_records_, "sampler": sampler_summary(Path(cfg.out)),
                 "cost": {"train_seconds": final[-1]["train_seconds"],
                          "steps_per_sec": final[-1]["step"] / max(final[-1]["train_seconds"], 1e-9),

@@ -66,13 +66,19 @@ def write_record(folder: Path, name: str, settings, record: dict) -> Path:
     return path
 
 
-def read_record(folder: Path, name: str, settings) -> dict | None:
-    """The cell's record if there is one made under these grid settings."""
+def read_record(folder: Path, name: str, settings, fingerprint: str | None = None) -> dict | None:
+    """The cell's record if there is one made under these grid settings and, when both say, by a method
+    with the same `fingerprint` (what the method's name resolves to: a preset whose defaults changed since
+    is another method). Records written before fingerprints existed are taken as they are."""
     path = record_path(folder, name)
     if not path.is_file():
         return None
     record = _load(path)
-    return record if record is not None and record.get("grid") == _jsonable(grid_key(settings)) else None
+    if record is None or record.get("grid") != _jsonable(grid_key(settings)):
+        return None
+    if fingerprint is not None and record.get("fingerprint", fingerprint) != fingerprint:
+        return None
+    return record
 
 
 def all_records(folder: Path, settings) -> list[dict]:

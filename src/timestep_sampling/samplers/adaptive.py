@@ -182,6 +182,8 @@ class AdaptiveSampler(TimestepSampler):
                       whose reward carries almost no information about the sample's timestep (METHOD.md §7).
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
       credit_delta    the central difference's step along the unit-RMS direction (1e-3).
+      uniform_mix     m: draw u uniformly with probability m, from the Beta otherwise (0). A floor that keeps
+                      every timestep trained; the policy gradient uses the mixture's density.
       conditioned     False (default): one global Beta; True: π(· | x0) is a CNN (images) or MLP (vectors),
                       as in the paper.
       lr              sampler Adam learning rate; None → 3e-2 for the credit; for the paper's reward 1e-2
@@ -219,7 +221,7 @@ class AdaptiveSampler(TimestepSampler):
                  variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
-                 credit_delta: float = 1e-3):
+                 credit_delta: float = 1e-3, uniform_mix: float = 0.0):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
@@ -256,6 +258,9 @@ class AdaptiveSampler(TimestepSampler):
         self.variance = variance
         require(isinstance(eps, float) and 0 < eps < 0.5, f"eps must be a float in (0, 0.5), got {eps!r}")
         self.eps = eps
+        require(isinstance(uniform_mix, (int, float)) and not isinstance(uniform_mix, bool) and 0 <= uniform_mix < 1,
+                f"uniform_mix must be a number in [0, 1), got {uniform_mix!r}")
+        self.uniform_mix = float(uniform_mix)
         self.seed = _positive_int(seed, "seed", 0)
         self.hidden_dim = _positive_int(hidden_dim, "hidden_dim")
         self.hidden_depth = _positive_int(hidden_depth, "hidden_depth", 0)
@@ -355,6 +360,8 @@ class AdaptiveSampler(TimestepSampler):
             return self._pmf_cache[1]
         alpha, beta = (v.double().cpu().numpy() for v in self.concentrations(x0))
         pmf = torch.from_numpy(beta_pmf(alpha, beta, self.T, self.mapping).mean(0))
+        if self.uniform_mix:
+            pmf = (1 - self.uniform_mix) * pmf + self.uniform_mix * torch.from_numpy(beta_pmf(1, 1, self.T, self.mapping))
         if not self.conditioned:
             self._pmf_cache = (self.updates, pmf)
         return pmf
@@ -386,7 +393,12 @@ class AdaptiveSampler(TimestepSampler):
             generator = self._stream(_FALLBACK, distributed.rank(), index=self.draws)
             self.draws += 1
         v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
-        u = beta_icdf(alpha, beta, v).clamp(self.eps, 1 - self.eps)
+        u = beta_icdf(alpha, beta, v)
+        if self.uniform_mix:  # extra draws only with a mixture, so that without one the stream is unchanged
+            pick = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
+            flat = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
+            u = torch.where(pick.cpu() < self.uniform_mix, flat.cpu(), u)
+        u = u.clamp(self.eps, 1 - self.eps)
         t = u_to_t(u, self.T, self.mapping)
         self._last_sample = (policy_input, u)
         return t.to(device), self.importance_weights(t).to(device)
@@ -561,6 +573,9 @@ class AdaptiveSampler(TimestepSampler):
         alpha, beta = (v.double() for v in self._run_policy(policy_input))
         policy = torch.distributions.Beta(alpha, beta, validate_args=False)
         log_prob, entropy = policy.log_prob(u.to(device)), policy.entropy()
+        if self.uniform_mix:  # the draw's density is the mixture's: m + (1 − m)·Beta(u)
+            log_prob = torch.logaddexp(torch.tensor(math.log(self.uniform_mix), dtype=log_prob.dtype, device=device),
+                                       math.log1p(-self.uniform_mix) + log_prob)
         advantage = advantage.to(device)
         loss = -(log_prob * advantage).mean() - self.entropy_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=False)
@@ -636,8 +651,9 @@ class AdaptiveSampler(TimestepSampler):
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
         if self.reward == "credit":
+            mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
-                    f"K={self.update_every}, credit_strata={self.credit_strata}, mapping={self.mapping!r})")
+                    f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")
         return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "
                 f"K={self.update_every}, |S|={self.subset_size}, queue={self.queue_size}, scan={scan}, "
                 f"mapping={self.mapping!r})")
