@@ -283,6 +283,10 @@ def test_a_run_folder_with_other_settings_is_refused_before_any_work(tmp_path, m
     Path(old.out).mkdir(parents=True)
     old.save(Path(old.out) / "config.json")
     assert bench.run_state(old) == "new"  # a config but no checkpoint: start again
+    legacy = {k: v for k, v in old.to_dict().items() if k != "objective"}  # written before the field existed
+    (Path(old.out) / "config.json").write_text(json.dumps(legacy))
+    assert bench.run_state(old) == "new"  # every run then was DDPM: the same settings
+    old.save(Path(old.out) / "config.json")
     new_settings = tiny_settings(out, steps=6, eval_every=3)
     with pytest.raises(UserError, match="steps: 4 -> 6"):
         bench.run_state(bench.run_config(new_settings, "uniform", "linear", 0))

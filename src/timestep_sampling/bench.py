@@ -234,6 +234,11 @@ def _write_json(path: Path, value) -> None:
 IGNORED_KEYS = ("out", "device")  # a run folder may move, and a run may resume on another device
 
 
+# What a setting added later meant for a run folder made before it: every run then was DDPM, and a later
+# field without an entry here (the EMA's warm-up, say) makes an older folder another run's.
+LEGACY_SETTINGS = {"objective": "ddpm"}
+
+
 def run_state(cfg) -> str:
     """"finished", "partial" (resume it), or "new". A folder made with other settings is a UserError."""
     folder = Path(cfg.out)
@@ -241,6 +246,7 @@ def run_state(cfg) -> str:
     if old is None:
         return "new"
     new = cfg.to_dict()
+    old = {**LEGACY_SETTINGS, **old}
     differ = [k for k in new if k not in IGNORED_KEYS and old.get(k) != new[k]]
     if differ:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ)
@@ -872,7 +878,9 @@ def run_bench(settings: BenchSettings) -> dict:
     # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
     grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
     for cell in grid:
-        if not cell[0].endswith(FINAL_SUFFIX):
+        recorded = settings.records and read_record(settings.records, run_name(*cell), settings,
+                                                    method_fingerprint(cell[0], cell[1], settings.T))
+        if not cell[0].endswith(FINAL_SUFFIX) and not recorded:
             run_state(run_config(settings, *cell))  # fail on a mismatched folder before any work
     scorers, classifier = build_scorers(settings, device, out)
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0}
