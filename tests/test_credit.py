@@ -153,7 +153,8 @@ def test_stratified_timesteps_still_cover_every_timestep_once_per_stratum():
 def test_credit_options_are_checked():
     schedule = NoiseSchedule("linear", T=100)
     from timestep_sampling import UserError
-    for spec in ["adaptive:reward=nope", "adaptive:credit_delta=0", "credit-proportional:temperature=0",
+    for spec in ["adaptive:reward=nope", "adaptive:credit_delta=0", "adaptive:uniform_mix=1",
+                 "credit-proportional:temperature=0",
                  "credit-proportional:uniform_mix=2", "credit-proportional:bands=0"]:
         with pytest.raises(UserError) as e:
             make_sampler(spec, schedule)
@@ -197,3 +198,20 @@ def test_a_plain_step_of_the_global_beta_runs_no_policy_until_the_next_update():
     fresh.load_state_dict(sampler.state_dict())
     assert torch.equal(t, fresh.sample(4096, generator=torch.Generator().manual_seed(1))[0])
     assert not torch.equal(before[0], sampler.concentrations()[0])
+
+
+def test_a_uniform_floor_draws_from_the_mixture_it_reports():
+    """uniform_mix=m: t from m·uniform + (1 − m)·Beta; probabilities() is that mixture (chi-square, 6 bands)."""
+    from scipy import stats
+
+    sampler = AdaptiveSampler(NoiseSchedule("linear", T=1000), uniform_mix=0.3, seed=0)
+    with torch.no_grad():
+        sampler.policy.raw.copy_(torch.tensor([-2.0, 1.0]))  # α ≈ 0.13, β ≈ 1.31: most mass at small t
+    sampler._ab_cache = sampler._pmf_cache = None
+    t = sampler.sample(200_000, generator=torch.Generator().manual_seed(0))[0]
+    edges = [0, 2, 20, 100, 300, 600, 1000]
+    observed = np.histogram(t.numpy(), bins=edges)[0]
+    p = sampler.probabilities()
+    expected = np.array([p[a:b].sum().item() for a, b in zip(edges[:-1], edges[1:])]) * len(t)
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    assert p[600:].sum() > 0.3 * 0.4 - 1e-9  # the floor keeps the uniform share of the large timesteps

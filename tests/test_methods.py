@@ -22,7 +22,7 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["adaptive-full-scan"] == ("adaptive:reward=paper,conditioned=True,scan=None", "none")
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
-                              "adaptive-conditioned"}
+                              "adaptive-conditioned", "adaptive-mix"}
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE))

@@ -31,6 +31,7 @@ METHODS: dict[str, tuple[str, str]] = {
     # The learned sampler: a global Beta trained on the first-order credit (samplers/credit.py).
     "adaptive": ("adaptive", "none"),
     "adaptive-min-snr": ("adaptive", "min-snr"),
+    "adaptive-mix": ("adaptive:uniform_mix=0.3", "none"),  # with a 30% uniform floor: keeps large t trained
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
     "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
