@@ -62,12 +62,12 @@ from scipy.stats import beta as beta_distribution
 from torch import nn
 
 from .. import distributed
-from ..diffusion import VARIANCES, predict_eps, q_sample, vlb_terms_from_eps
+from ..diffusion import predict_eps, q_sample, vlb_terms_from_eps
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import eval_mode, first_order_credit, unwrap
+from .credit import BoundOptions, eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 
@@ -168,7 +168,7 @@ def _nonnegative(value, name: str) -> float:
 
 
 @SAMPLERS.register("adaptive")
-class AdaptiveSampler(TimestepSampler):
+class AdaptiveSampler(BoundOptions, TimestepSampler):
     """Kim et al.'s learned sampler. Use it around the optimiser step of any training loop:
 
         t, w = sampler.sample(x0.shape[0], x0.device, x0=x0)
@@ -253,9 +253,7 @@ class AdaptiveSampler(TimestepSampler):
         self.probe_batch = None if probe_batch is None else _positive_int(probe_batch, "probe_batch")
         # Stratum j is [edges[j], edges[j+1]); widths are >= 1 because n <= T.
         self.edges = torch.linspace(0, T, n + 1, dtype=torch.float64).round().long()
-        self.bins = _positive_int(bins, "bins", 2)
-        require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
-        self.variance = variance
+        self.configure_bound(bins, variance)
         require(isinstance(eps, float) and 0 < eps < 0.5, f"eps must be a float in (0, 0.5), got {eps!r}")
         self.eps = eps
         require(isinstance(uniform_mix, (int, float)) and not isinstance(uniform_mix, bool) and 0 <= uniform_mix < 1,
@@ -286,15 +284,6 @@ class AdaptiveSampler(TimestepSampler):
         self.draws = 0               # sample() calls without a generator: they index this rank's own stream
         self._last_sample = None
         self._pmf_cache = self._ab_cache = None
-
-    def configure_bound(self, bins: int | None = None, variance: str | None = None) -> None:
-        """Set how the reward's bound terms are computed: the data's quantisation levels (the t = 0 decoder)
-        and the reverse-process variance. The trainer calls this with the data set's `bins`."""
-        if bins is not None:
-            self.bins = _positive_int(bins, "bins", 2)
-        if variance is not None:
-            require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
-            self.variance = variance
 
     # ------------------------------------------------------------------------------------------------
     # The policy

@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..bound import stratified_timesteps
-from ..diffusion import mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
+from ..diffusion import VARIANCES, mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
+from ..errors import require
 from ..schedule import NoiseSchedule
 
 # Optimisers whose state holds a running second moment, and the key it is kept under.
@@ -50,6 +51,20 @@ def eval_mode(model):
     finally:
         for m, mode in zip(modules, modes):
             m.training = mode
+
+
+class BoundOptions:
+    """For samplers that score the bound themselves: its t = 0 decoder's levels (`bins`) and the reverse
+    variance, set at construction and again by the trainer from the data (`configure_bound`)."""
+
+    def configure_bound(self, bins: int | None = None, variance: str | None = None) -> None:
+        if bins is not None:
+            require(isinstance(bins, int) and not isinstance(bins, bool) and bins >= 2,
+                    f"bins must be an integer >= 2, got {bins!r}")
+            self.bins = int(bins)
+        if variance is not None:
+            require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
+            self.variance = variance
 
 
 def unwrap(model):

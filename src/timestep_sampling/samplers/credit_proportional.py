@@ -23,16 +23,15 @@ import torch
 
 from .. import distributed
 from ..bound import log_strata
-from ..diffusion import VARIANCES
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import first_order_credit
+from .credit import BoundOptions, first_order_credit
 from .loss_aware import check_fraction, check_int
 
 
 @SAMPLERS.register("credit-proportional")
-class CreditProportionalSampler(TimestepSampler):
+class CreditProportionalSampler(BoundOptions, TimestepSampler):
     """Options: bands (50 log-spaced, fewer where they would be under one timestep wide), temperature τ (1),
     uniform_mix m (0.3), decay of the per-band running mean per update (0.9), update_every K (40),
     credit_strata and credit_delta as in the adaptive sampler, bins and variance of the bound, seed."""
@@ -55,9 +54,7 @@ class CreditProportionalSampler(TimestepSampler):
         require(isinstance(credit_delta, (int, float)) and credit_delta > 0,
                 f"option credit_delta must be a number > 0, got {credit_delta!r}")
         self.credit_delta = float(credit_delta)
-        self.bins = check_int("bins", bins, 2)
-        require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
-        self.variance = variance
+        self.configure_bound(bins, variance)
         self.seed = check_int("seed", seed, 0)
         n = len(self.edges) - 1
         self.band_of_t = torch.bucketize(torch.arange(self.T), self.edges[1:], right=True)
@@ -66,14 +63,6 @@ class CreditProportionalSampler(TimestepSampler):
         self.step, self.updates = 0, 0
         self.last_stats: dict | None = None
         self._last_t: torch.Tensor | None = None
-
-    def configure_bound(self, bins: int | None = None, variance: str | None = None) -> None:
-        """As the adaptive sampler's: the data's quantisation levels and the reverse variance."""
-        if bins is not None:
-            self.bins = check_int("bins", bins, 2)
-        if variance is not None:
-            require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
-            self.variance = variance
 
     def probabilities(self) -> torch.Tensor:
         seen = self.band_seen > 0
