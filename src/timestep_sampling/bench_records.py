@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def provenance() -> dict:
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
             "processor": platform.processor() or None, "python": platform.python_version(),
             "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_name(method: str, schedule: str, seed: int) -> str:
+    """The name of a grid cell: its run folder and its record file."""
+    return f"{re.sub(r'[^A-Za-z0-9.+_-]', '_', method)}__{schedule}__s{seed}"
 
 
 def record_path(folder: Path, name: str) -> Path:

@@ -46,6 +46,11 @@ METHODS: dict[str, tuple[str, str]] = {
     "flow-elbo": ("flow-uniform", "flow-elbo"),
     "flow-min-snr": ("flow-uniform", "flow-min-snr"),
     "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
+    "flow-beta-0.95": ("flow-beta:a=0.95,b=0.95", "flow-none"),
+    # the learned Beta on t for flows (samplers/flow_adaptive.py), its frozen control and its floored variant
+    "flow-adaptive": ("flow-adaptive", "flow-none"),
+    "flow-adaptive-frozen": ("flow-adaptive:lr=0", "flow-none"),
+    "flow-adaptive-mix": ("flow-adaptive:uniform_mix=0.3", "flow-none"),
 }
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.

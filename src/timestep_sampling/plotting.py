@@ -38,6 +38,17 @@ def trained_density(sampler: TimestepSampler, x0: torch.Tensor | None = None) ->
     return p, " (initial pmf; it learns)" if sampler_learns(sampler) else ""
 
 
+FLOW_DENSITY_BINS = 100  # a continuous sampler's density over training: its mass in 100 equal bins of t
+
+
+def binned_flow_density(sampler) -> torch.Tensor:
+    """A continuous-time sampler's mass in FLOW_DENSITY_BINS equal bins of t ∈ (0, 1), from its exact CDF:
+    the same kind of track as a discrete sampler's pmf, so one heat map and one total variation serve both."""
+    cdf = sampler.cdf(torch.linspace(0, 1, FLOW_DENSITY_BINS + 1, dtype=torch.float64))
+    mass = (cdf[1:] - cdf[:-1]).clamp(min=0)
+    return mass / mass.sum()
+
+
 def sampler_learns(sampler: TimestepSampler) -> bool:
     """Whether the sampler's distribution changes in training (it overrides update or observe)."""
     return (type(sampler).update is not TimestepSampler.update
@@ -187,10 +198,12 @@ def density_colour_range(relative) -> float:
     return float(max(positive.max(), 1 / positive.min(), 1.5))
 
 
-def plot_density_over_training(steps, densities, out_path, title: str | None = None, dpi: int = 100) -> Path:
+def plot_density_over_training(steps, densities, out_path, title: str | None = None, dpi: int = 100,
+                               continuous: bool = False) -> Path:
     """Write a PNG of a sampler's timestep density over training (the seed paper's Fig. 5 and 6): left,
     a heatmap of p(t)·T (1 = uniform) with training step on the vertical axis; right, the density at
-    the first, middle and last recorded steps. `densities` is (len(steps), T)."""
+    the first, middle and last recorded steps. `densities` is (len(steps), T); with `continuous`, the
+    T columns are equal bins of t ∈ (0, 1) (binned_flow_density)."""
     import numpy as np
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -207,17 +220,20 @@ def plot_density_over_training(steps, densities, out_path, title: str | None = N
     # values outside it take the end colours.
     norm = LogNorm(vmin=1 / spread, vmax=spread, clip=True)
     edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]])
-    mesh = heat.pcolormesh(np.arange(T + 1) - 0.5, edges, np.clip(relative, 1 / spread, None), norm=norm,
+    xs = np.linspace(0, 1, T + 1) if continuous else np.arange(T + 1) - 0.5
+    centres = (xs[:-1] + xs[1:]) / 2 if continuous else np.arange(T)
+    mesh = heat.pcolormesh(xs, edges, np.clip(relative, 1 / spread, None), norm=norm,
                            cmap="RdBu_r", shading="flat")
     fig.colorbar(mesh, ax=heat, label="p(t) · T   (1 = uniform)")
-    heat.set_xlabel("timestep t")
+    xlabel = f"time t (bins of {1 / T:g})" if continuous else "timestep t"
+    heat.set_xlabel(xlabel)
     heat.set_ylabel("training step")
     heat.set_title("timestep density over training")
     for i in sorted({0, len(steps) // 2, len(steps) - 1}):
-        lines.plot(np.arange(T), relative[i], label=f"step {steps[i]}")
+        lines.plot(centres, relative[i], label=f"step {steps[i]}")
     lines.axhline(1.0, color="grey", lw=0.8, ls=":")
     lines.set_yscale("log")
-    lines.set_xlabel("timestep t")
+    lines.set_xlabel(xlabel)
     lines.set_ylabel("p(t) · T")
     lines.set_title("density at three steps")
     lines.legend(fontsize="small")

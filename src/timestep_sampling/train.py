@@ -28,7 +28,7 @@ from .errors import UserError
 from .methods import effective_specs, method_label
 from .models import count_parameters, make_unet
 from .objectives import make_objective
-from .plotting import plot_density_over_training, sampler_learns, trained_density
+from .plotting import binned_flow_density, plot_density_over_training, sampler_learns, trained_density
 from .samplers import make_sampler
 from .schedule import NoiseSchedule
 from .weighting import make_weighting
@@ -212,10 +212,15 @@ class Trainer:
     def log_density(self) -> None:
         """Append the sampler's current pmf over t (averaged over a fixed set of training images when it
         depends on the image) to DENSITY_LOG, for the density-over-training picture."""
-        if self.is_main:
-            p, _ = trained_density(self.sampler, self.train_x[:DENSITY_IMAGES])
-            if p is not None:
-                self.log({"step": self.step, "density": [round(v, 8) for v in p.tolist()]}, DENSITY_LOG)
+        if not self.is_main:
+            return
+        if self.sampler.continuous:  # mass in equal bins of t ∈ (0, 1), marked so that readers label it so
+            p = binned_flow_density(self.sampler)
+            self.log({"step": self.step, "density": [round(v, 8) for v in p.tolist()], "continuous": True}, DENSITY_LOG)
+            return
+        p, _ = trained_density(self.sampler, self.train_x[:DENSITY_IMAGES])
+        if p is not None:
+            self.log({"step": self.step, "density": [round(v, 8) for v in p.tolist()]}, DENSITY_LOG)
 
     def plot_density(self) -> Path | None:
         """DIR/sampler_density.png, for samplers that learn (a fixed sampler's picture has nothing to show)."""
@@ -227,7 +232,8 @@ class Trainer:
             return None
         return plot_density_over_training([r["step"] for r in records], [r["density"] for r in records],
                                           self.out / "sampler_density.png",
-                                          title=f"{self.label}: sampler {self.sampler!r}")
+                                          title=f"{self.label}: sampler {self.sampler!r}",
+                                          continuous=self.sampler.continuous)
 
     # ----- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:

@@ -57,7 +57,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
 from scipy.stats import beta as beta_distribution
 from torch import nn
 
@@ -70,6 +69,7 @@ from .base import SAMPLERS, TimestepSampler
 from .credit import BoundOptions, eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
+from .policy_gradient import CreditPolicyGradient, draw_beta_mixture
 
 MAPPINGS = ("round", "even")
 REWARDS = ("credit", "paper")
@@ -125,14 +125,6 @@ def beta_pmf(alpha, beta, T: int, mapping: str = "round") -> np.ndarray:
     return mass / mass.sum(-1, keepdims=True)
 
 
-def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
-    """u = F⁻¹_{Beta(α, β)}(v) in float64 on the CPU: inverse-CDF sampling, exact and driven by a uniform
-    v from any torch.Generator (torch.distributions.Beta cannot take a generator)."""
-    a = np.asarray(alpha, np.float64)
-    b = np.asarray(beta, np.float64)
-    return torch.from_numpy(np.asarray(special.betaincinv(a, b, v.double().cpu().numpy()), np.float64))
-
-
 # ----------------------------------------------------------------------------------------------------
 # Probing the bound's terms
 
@@ -168,7 +160,7 @@ def _nonnegative(value, name: str) -> float:
 
 
 @SAMPLERS.register("adaptive")
-class AdaptiveSampler(BoundOptions, TimestepSampler):
+class AdaptiveSampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     """Kim et al.'s learned sampler. Use it around the optimiser step of any training loop:
 
         t, w = sampler.sample(x0.shape[0], x0.device, x0=x0)
@@ -381,13 +373,7 @@ class AdaptiveSampler(BoundOptions, TimestepSampler):
         if generator is None:
             generator = self._stream(_FALLBACK, distributed.rank(), index=self.draws)
             self.draws += 1
-        v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
-        u = beta_icdf(alpha, beta, v)
-        if self.uniform_mix:  # extra draws only with a mixture, so that without one the stream is unchanged
-            pick = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
-            flat = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
-            u = torch.where(pick.cpu() < self.uniform_mix, flat.cpu(), u)
-        u = u.clamp(self.eps, 1 - self.eps)
+        u = draw_beta_mixture(alpha, beta, batch_size, generator, self.uniform_mix).clamp(self.eps, 1 - self.eps)
         t = u_to_t(u, self.T, self.mapping)
         self._last_sample = (policy_input, u)
         return t.to(device), self.importance_weights(t).to(device)
@@ -440,22 +426,6 @@ class AdaptiveSampler(BoundOptions, TimestepSampler):
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
                                     variance=self.variance)
         return policy_input, u, credit
-
-    def _learn_from_credit(self, policy_input, u: torch.Tensor, credit: torch.Tensor) -> None:
-        """One policy step on the credit, standardised over the whole batch (all ranks): the advantage."""
-        moments = torch.tensor([credit.sum(), (credit ** 2).sum(), len(credit)], dtype=torch.float64)
-        total, squares, n = distributed.all_reduce_sum_(moments).tolist()
-        mean = total / n
-        std = math.sqrt(max(squares / n - mean ** 2, 0.0))
-        advantage = (credit - mean) / std if std > 0 else torch.zeros_like(credit)
-        self.last_rewards = credit
-        stats, applied = self._policy_step(policy_input, u, advantage, finite=math.isfinite(mean + std))
-        stats["reward_mean"], stats["reward_std"] = mean, std
-        if not applied:
-            self.skipped_updates += 1
-        self.updates += 1
-        self.last_stats = {**stats, "skipped": not applied, "skipped_updates": self.skipped_updates,
-                           "updates": self.updates, "step": self.step}
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
         """A CPU generator for one random stream at one index (default: this update), the same on every rank
@@ -552,48 +522,6 @@ class AdaptiveSampler(BoundOptions, TimestepSampler):
         if not self.reward_baseline or self.baseline_count == 0:
             return 0.0
         return self.baseline_ema / (1 - BASELINE_DECAY ** self.baseline_count)
-
-    def _policy_step(self, policy_input, u: torch.Tensor, advantage: torch.Tensor,
-                     finite: bool) -> tuple[dict, bool]:
-        """loss = −mean_b log π(u_b | x0_b) A_b − c_ent mean_b H_b; gradients and diagnostics are averaged over
-        ranks in one all-reduce, then clipped; one Adam step unless anything is non-finite."""
-        params = list(self.policy.parameters())
-        device = params[0].device
-        alpha, beta = (v.double() for v in self._run_policy(policy_input))
-        policy = torch.distributions.Beta(alpha, beta, validate_args=False)
-        log_prob, entropy = policy.log_prob(u.to(device)), policy.entropy()
-        if self.uniform_mix:  # the draw's density is the mixture's: m + (1 − m)·Beta(u)
-            log_prob = torch.logaddexp(torch.tensor(math.log(self.uniform_mix), dtype=log_prob.dtype, device=device),
-                                       math.log1p(-self.uniform_mix) + log_prob)
-        advantage = advantage.to(device)
-        loss = -(log_prob * advantage).mean() - self.entropy_coef * entropy.mean()
-        self.optimizer.zero_grad(set_to_none=False)
-        loss.backward()
-
-        bad = not (finite and bool(torch.isfinite(advantage).all()) and bool(torch.isfinite(loss)))
-        diagnostics = torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), advantage.mean(),
-                                   loss, entropy.mean(), alpha.mean(), (alpha ** 2).mean(), beta.mean(),
-                                   (beta ** 2).mean()]).detach()
-        flat = torch.cat([p.grad.flatten().double() for p in params] + [diagnostics])
-        distributed.all_reduce_mean_(flat)  # one collective for the gradient and every statistic
-        grads, diagnostics = flat[:-len(diagnostics)], flat[-len(diagnostics):]
-        stats = dict(zip(("reward_mean", "policy_loss", "entropy", "alpha_mean", "alpha_sq", "beta_mean", "beta_sq"),
-                         diagnostics[1:].tolist()))
-        stats["alpha_std"] = math.sqrt(max(stats.pop("alpha_sq") - stats["alpha_mean"] ** 2, 0.0))
-        stats["beta_std"] = math.sqrt(max(stats.pop("beta_sq") - stats["beta_mean"] ** 2, 0.0))
-        if diagnostics[0] > 0 or not bool(torch.isfinite(grads).all()):
-            self.optimizer.zero_grad(set_to_none=False)
-            return stats, False
-        offset = 0
-        for p in params:
-            p.grad.copy_(grads[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)
-        self._pmf_cache = self._ab_cache = None
-        return stats, True
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints

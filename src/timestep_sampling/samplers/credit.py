@@ -25,6 +25,7 @@ What it assumes, and where it breaks:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -106,17 +107,17 @@ def bound_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, g
     return (terms * weights).sum()
 
 
-def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
-                       optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
-                       strata: int = 64, delta: float = 1e-3, bins: int = 256,
-                       variance: str = "fixed-large") -> torch.Tensor:
-    """c_b for every sample of the batch (x0, t), float64 on the CPU. Larger is better. The model's
-    weights are restored bit for bit; its .grad and the optimiser are not touched."""
-    net = unwrap(model)
+def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | None = None, *,
+                       delta: float = 1e-3) -> torch.Tensor:
+    """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS, by a central difference.
+
+    `probe()` returns a scalar bound estimate with autograd, `losses()` the per-sample training losses (one
+    call each side, with fixed noise inside). Both run in eval mode; the weights are restored bit for bit and
+    neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not
+    finite or is zero (the caller's policy then skips the update)."""
     params = [p for p in net.parameters() if p.requires_grad]
     with eval_mode(net):
-        probe = bound_probe(net, schedule, x0.detach(), strata, generator, bins=bins, variance=variance)
-        grads = torch.autograd.grad(probe, params, allow_unused=True)
+        grads = torch.autograd.grad(probe(), params, allow_unused=True)
         direction = []
         for p, g in zip(params, grads):
             g = torch.zeros_like(p) if g is None else g
@@ -125,18 +126,71 @@ def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torc
         # Unit RMS per weight, so that δ is a step of the size Adam takes (~lr per weight).
         rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
         if not torch.isfinite(rms) or rms == 0:
-            return torch.full((len(x0),), float("nan"), dtype=torch.float64)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+            return None
         with torch.no_grad():
             saved = [p.detach().clone() for p in params]
             try:
                 for p, d in zip(params, direction):
                     p.add_(d, alpha=float(delta / rms))
-                plus = mse_per_sample(net, schedule, x0, t, noise).double()
+                plus = losses().double()
                 for p, d in zip(params, direction):
                     p.add_(d, alpha=float(-2 * delta / rms))
-                minus = mse_per_sample(net, schedule, x0, t, noise).double()
+                minus = losses().double()
             finally:
                 for p, s in zip(params, saved):
                     p.copy_(s)
     return ((plus - minus) / (2 * delta)).cpu()
+
+
+def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
+                       optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
+                       strata: int = 64, delta: float = 1e-3, bins: int = 256,
+                       variance: str = "fixed-large") -> torch.Tensor:
+    """c_b for every sample of the DDPM batch (x0, t), float64 on the CPU. Larger is better. The model's
+    weights are restored bit for bit; its .grad and the optimiser are not touched."""
+    net, x0 = unwrap(model), x0.detach()
+    return _batch_credit(net, lambda: bound_probe(net, schedule, x0, strata, generator, bins=bins, variance=variance),
+                         lambda noise: mse_per_sample(net, schedule, x0, t, noise), x0, generator, optimizer, delta)
+
+
+def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta) -> torch.Tensor:
+    """directional_credit with the batch's noise drawn once, after the probe's draws (a fixed order of the
+    stream), and used on both sides of the difference; NaN for every sample if there is no direction."""
+    noise = []
+
+    def losses():
+        if not noise:
+            noise.append(torch.randn(x0.shape, generator=generator).to(x0))
+        return loss_with_noise(noise[0])
+
+    credit = directional_credit(net, probe, losses, optimizer, delta=delta)
+    return torch.full((len(x0),), float("nan"), dtype=torch.float64) if credit is None else credit
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rectified flow: the same credit, against the flow's ELBO (flow.py) on continuous t
+
+
+def flow_bound_probe(model, flow, x0: torch.Tensor, strata: int, generator: torch.Generator, *,
+                     t_min: float = 1e-3) -> torch.Tensor:
+    """An unbiased estimate of ∫_{t_min}^1 ((1 − t)/t)·‖v − v̂‖² dt in bits/dim (the flow's −ELBO up to a
+    constant, flow.flow_elbo_terms) with autograd: one t from each of `strata` log-spaced strata of
+    [t_min, 1), each on its own image of x0, weighted by its stratum's width. Below t_min the data's own
+    quantisation dominates and the integrand grows like 1/t whatever the model, so it is left out."""
+    edges = torch.logspace(math.log10(t_min), 0.0, strata + 1, dtype=torch.float64)
+    v = torch.rand(strata, generator=generator, dtype=torch.float64)
+    t = (edges[:-1] + v * (edges[1:] - edges[:-1])).clamp(max=1 - 2.0 ** -24)
+    images = x0[torch.arange(strata) % len(x0)]
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    terms = flow.elbo_terms(model, images, t.to(device=x0.device, dtype=x0.dtype), noise).double()
+    return (terms * (edges[1:] - edges[:-1]).to(terms.device)).sum()
+
+
+def flow_first_order_credit(model, flow, x0: torch.Tensor, t: torch.Tensor,
+                            optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
+                            strata: int = 64, delta: float = 1e-3, t_min: float = 1e-3) -> torch.Tensor:
+    """c_b for every sample of a rectified-flow batch (x0, t ∈ (0, 1)): the velocity loss of sample b along
+    the preconditioned descent direction of the flow's bound (flow_bound_probe). Larger is better."""
+    net, x0 = unwrap(model), x0.detach()
+    return _batch_credit(net, lambda: flow_bound_probe(net, flow, x0, strata, generator, t_min=t_min),
+                         lambda noise: flow.loss(net, x0, t, noise), x0, generator, optimizer, delta)

@@ -1,0 +1,297 @@
+"""The benchmark's report: curves and density heat maps (PNG), tables and the terminal headline (text), and
+report.md, all from run records and the statistics of bench_stats.py."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .bench_records import run_name
+from .bench_stats import BASELINE, CONTROLS, metrics_in
+
+if TYPE_CHECKING:
+    from .bench import BenchSettings
+
+METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
+                 "fd": "FD (digit-classifier features)", "fid": "FID (TorchScript features)"}
+
+def plot_curves(records: list[dict], metric: str, out_path: Path) -> Path:
+    """Rows: schedules; left: metric against training steps; right: against training seconds. A line is
+    the mean over seeds, its band the range (min to max) over seeds."""
+    from matplotlib.figure import Figure
+
+    schedules = list(dict.fromkeys(r["schedule"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    fig = Figure(figsize=(12, 3.6 * len(schedules) + 0.8), dpi=100, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(schedules), 2, squeeze=False))
+    for row, schedule in enumerate(schedules):
+        for i, method in enumerate(methods):
+            by_step: dict[int, list[dict]] = {}
+            for r in records:
+                if r["method"] == method and r["schedule"] == schedule and r.get(metric) is not None:
+                    by_step.setdefault(r["step"], []).append(r)
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            vals = [[r[metric] for r in by_step[s]] for s in steps]
+            mean = np.array([np.mean(v) for v in vals])
+            lo, hi = np.array([min(v) for v in vals]), np.array([max(v) for v in vals])
+            secs = np.array([np.mean([r["train_seconds"] for r in by_step[s]]) for s in steps])
+            style = {"color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "marker": "o", "ms": 3, "lw": 1.5}
+            for col, x in enumerate((np.array(steps), secs)):
+                axes[row, col].plot(x, mean, label=method if row == 0 and col == 0 else None, **style)
+                axes[row, col].fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
+        axes[row, 0].set_xlabel("training step")
+        axes[row, 1].set_xlabel("training seconds (steps only, no evaluation)")
+        for ax in axes[row]:
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            ax.set_title(f"{schedule} schedule")
+            ax.grid(alpha=0.3)
+            if metric in ("fd", "fid"):
+                ax.set_yscale("log")
+    fig.suptitle(f"{METRIC_LABELS.get(metric, metric)}: mean over seeds, band = min..max over seeds")
+    fig.legend(loc="outside lower center", ncols=min(5, max(1, len(methods))), fontsize="small")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, format="png")
+    return out_path
+
+
+def plot_densities(out: Path, tracks: dict) -> list[Path]:
+    """DIR/density_<method>__<schedule>.png for every method whose sampler density changed during training
+    (the learned samplers), from the lowest seed that has a track."""
+    try:
+        from .plotting import plot_density_over_training
+    except ImportError:
+        return []
+    written = []
+    for (method, schedule), (seed, summary) in sorted(tracks.items()):
+        dens = np.asarray(summary["density"], dtype=np.float64)
+        name = f"density_{run_name(method, schedule, seed).rsplit('__s', 1)[0]}.png"
+        written.append(plot_density_over_training(
+            summary["steps"], dens / dens.sum(1, keepdims=True), out / name,
+            title=f"{method}, {schedule} schedule, seed {seed}: timestep density over training "
+                  f"(total variation from the start {summary['tv_from_start']:.2f})"))
+    return written
+
+
+
+def _fmt(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 3 if metric.startswith("test_bpd") else 1
+
+
+def table1(summary: list[dict], metric: str, settings: BenchSettings) -> str:
+    """Rows: methods; columns: schedule × checkpoint; cells: mean ± std over seeds; best mean in bold."""
+    steps = sorted({r["step"] for r in summary if r[f"{metric}_mean"] is not None and r["step"] > 0})
+    if not steps:
+        return "(no values)\n"
+    cols = [(s, st) for s in settings.schedules for st in steps]
+    cell = {(r["method"], r["schedule"], r["step"]): r for r in summary}
+    head = []
+    for s, st in cols:
+        exact = metric == "test_bpd" and st == settings.steps and settings.final_exact
+        head.append(f"{s} {st}{' (exact)' if exact else ''}")
+    lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+    best = {}
+    for s, st in cols:
+        means = [cell[(m, s, st)][f"{metric}_mean"] for m in settings.methods
+                 if (m, s, st) in cell and cell[(m, s, st)][f"{metric}_mean"] is not None]
+        best[(s, st)] = min(means) if means else None
+    d = _digits(metric)
+    for m in settings.methods:
+        cells = []
+        for s, st in cols:
+            r = cell.get((m, s, st))
+            if r is None or r[f"{metric}_mean"] is None:
+                cells.append("–")
+                continue
+            text = f"{r[f'{metric}_mean']:.{d}f} ± {r[f'{metric}_std']:.{d}f}"
+            cells.append(f"**{text}**" if r[f"{metric}_mean"] == best[(s, st)] and len(settings.methods) > 1 else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ttq_table(rows: list[dict], metric: str) -> str:
+    rows = [r for r in rows if r["metric"] == metric]
+    if not rows:
+        return f"(needs `{BASELINE}` in --methods)\n"
+    d = _digits(metric)
+    lines = ["| schedule | method | target | final | steps to target | speed-up (steps) | seconds to target | "
+             "speed-up (seconds) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["reached"]:
+            sp = _fmt(r["speedup_steps"], 2) + "×" if r["speedup_steps"] else "–"
+            ss = _fmt(r["speedup_seconds"], 2) + "×" if r["speedup_seconds"] else "–"
+            lines.append(f"| {r['schedule']} | {r['method']} | {r['target']:.{d}f} | {_fmt(r['final'], d)} | "
+                         f"{r['steps']} | {sp} | {r['seconds']:.1f} | {ss} |")
+        else:
+            lines.append(f"| {r['schedule']} | {r['method']} | {r['target']:.{d}f} | {_fmt(r['final'], d)} | "
+                         f"not reached | – | not reached | – |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
+    rows = [r for r in rows if r["metric"] == metric]
+    if not rows:
+        return f"(needs `{baseline}` in --methods)\n"
+    d = _digits(metric)
+    lines = ["| schedule | method | vs | mean Δ | per-seed Δ | seeds better | sd of Δ | seed spread | "
+             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"]) or "–"
+        mean = "–" if r["mean_diff"] is None else f"{r['mean_diff']:+.{d}f}"
+        lines.append(f"| {r['schedule']} | {r['method']} | {r['baseline']} | {mean} | {per_seed} | "
+                     f"{r['better_seeds']}/{r['seeds']} | {_fmt(r['sd_diff'], d)} | {_fmt(r['spread'], d)} | "
+                     f"{_fmt(r['p_value'], 3)} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def density_lines(tracks: dict) -> list[str]:
+    """One line per learned density: how far it moved from its start, and its mass on t < 20."""
+    return [f"  {method} ({schedule}, seed {seed}): density moved by total variation {t['tv_from_start']:.2f} "
+            f"from its start; mass on t < 20 {t['mass_t_below_20'][0]:.3f} -> {t['mass_t_below_20'][-1]:.3f}"
+            for (method, schedule), (seed, t) in sorted(tracks.items())]
+
+
+def headline(summary: list[dict], paired: list[dict], controls: list[dict] = (), tracks: dict | None = None) -> str:
+    """The final checkpoint of every method, per schedule, as plain text for the terminal: mean ± std
+    over seeds of each metric, and the paired verdict against the baseline; then the learned sampler
+    against its controls, and how far each learned density moved."""
+    verdicts = {(r["schedule"], r["method"], r["metric"]): r["verdict"] for r in paired}
+    lines = []
+    for schedule in dict.fromkeys(r["schedule"] for r in summary):
+        rows = [r for r in summary if r["schedule"] == schedule]
+        last = max(r["step"] for r in rows)
+        lines.append(f"{schedule}, step {last} (mean ± std over seeds; lower is better):")
+        for r in (r for r in rows if r["step"] == last):
+            cells = []
+            for metric, label in (("test_bpd", "bits/dim"), ("fd", "FD"), ("fid", "FID")):
+                if r.get(f"{metric}_mean") is not None:
+                    d = _digits(metric)
+                    v = verdicts.get((schedule, r["method"], metric))
+                    cells.append(f"{label} {r[f'{metric}_mean']:.{d}f} ± {r[f'{metric}_std']:.{d}f}"
+                                 + (f" ({v})" if v else ""))
+            lines.append(f"  {r['method']:<18} " + "; ".join(cells))
+    methods = {r["method"] for r in summary}
+    if any(m.startswith("adaptive") for m in methods) and "adaptive-frozen" not in methods:
+        lines.append("  (no adaptive-frozen control in this run: a gain of the adaptive sampler may come from its "
+                     "starting distribution rather than from learning; add --methods ...,adaptive-frozen)")
+    for r in controls:
+        label = "bits/dim" if r["metric"] == "test_bpd" else r["metric"].upper()
+        d = _digits(r["metric"])
+        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"])
+        lines.append(f"  {r['method']} vs {r['baseline']} ({r['schedule']}): {label} Δ per seed {per_seed} "
+                     f"({r['verdict']})")
+    lines += density_lines(tracks or {})
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+
+
+def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path,
+                 controls: list[dict] = (), tracks: dict | None = None) -> Path:
+    metrics = metrics_in(records)
+    quality = [m for m in ("fd", "fid") if m in metrics]
+    s = settings
+    def n(count, word):
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    lines = [f"# Benchmark: {n(len(s.methods), 'method')} × {n(len(s.schedules), 'schedule')} × {n(s.seeds, 'seed')}"
+             f"{' (--quick)' if s.quick else ''}", ""]
+    lines += [f"Data `{s.data}`, model `{s.model}`, batch {s.batch_size}, T = {s.T}, {s.steps} steps per run "
+              f"(learning-rate warm-up {s.warmup} steps, EMA decay {s.ema_decay}; bits/dim and samples use the EMA), "
+              f"checkpoints every {s.eval_every} steps; seeds {', '.join(map(str, s.seed_list))} (the same seed gives "
+              f"every method the same initial weights and the same batches). Methods: {', '.join(s.methods)}. "
+              f"Schedules: {', '.join(s.schedules)}. Device: {costs.get('device')}.", ""]
+    lines += ["## How it is measured", "",
+              "- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the test split "
+              f"(every t < {s.eval_exact_below} exactly, one t from each of {s.eval_strata} log-spaced strata above; "
+              "the same timesteps and noise for every model) at every checkpoint"
+              + ("; at the last step the exact bound summed over all T terms, marked (exact)." if s.final_exact else
+                 ", the last step included (no exact bound in this run)."),
+              "- **Time-to-quality**: the target is the uniform method's final score (mean over seeds) on each "
+              "schedule; for every method the first checkpoint at which its mean curve reaches it, in steps and in "
+              "training seconds (`train_seconds`: the time inside training steps, no evaluation), and the speed-up "
+              "= uniform's steps (seconds) to that target / the method's. Resolution: one checkpoint interval. "
+              "On bits/dim it compares stratified estimates throughout, the final step included, so target and "
+              "curve are measured alike. No speed-up is given for a method that never reached the target. The "
+              "runs are made one after another, so on a shared machine the seconds carry its changing load as "
+              "well as each method's own cost: where a method reaches the target at the same step as uniform, "
+              "its seconds speed-up is load, not method; the cost table below shows the steps/s behind it.",
+              "- **Honesty**: per seed, the difference method − uniform at the final checkpoint (same seed: same "
+              "initial weights and data order). A difference is *consistent* when every seed's difference has the "
+              "same sign and the mean exceeds twice its standard error; the verdict says *beyond seed spread* when "
+              "it is consistent and also larger than the standard deviation over seeds of either method alone, "
+              "*on every seed (paired), within seed spread* when it is consistent but smaller, and *no consistent "
+              "difference* otherwise. With 2–3 seeds this is a coarse screen, not a significance test."]
+    if "fd" in metrics:
+        lines += [f"- **FD**: Fréchet distance between features of {s.fd_samples} generated images (DDIM, "
+                  f"{s.ddim_steps} steps, η = 0, EMA weights; starting noise from seed {s.sample_seed}, the same "
+                  f"for every method, seed and checkpoint; images rounded to the data's grey levels) and of the "
+                  f"{classifier.get('reference_images')} images of the **test split**. Features: the 64-unit "
+                  f"penultimate layer of a small CNN digit classifier trained once on the digits' training split "
+                  f"(seed {classifier.get('seed')}, cached in `{classifier.get('cache')}`); its test accuracy: "
+                  f"**{100 * classifier.get('test_accuracy', float('nan')):.1f}%** on "
+                  f"{classifier.get('test_images')} images. Floor from sample size: the FD between "
+                  f"{classifier.get('floor_images')} real training images and the test split is "
+                  f"{_fmt(classifier.get('floor_fd'), 1)}; a perfect model scores about that."]
+    if not quality:
+        lines += [f"- **No sample-quality score**: the digit classifier only scores the digits, and no "
+                  f"`--inception` network was given for `{s.data}`."]
+    if "fid" in metrics:
+        lines += [f"- **FID**: the same distance in the features of the TorchScript network `{s.inception}` "
+                  f"(images as 0..255 floats, grey repeated to 3 channels, at their own size)."]
+    lines += [""]
+    lines += ["## Test bits/dim (mean ± std over seeds; lower is better; best per column in bold)", "",
+              table1(summary, "test_bpd", s)]
+    for metric in quality:
+        lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
+                  table1(summary, metric, s)]
+    lines += ["## Time to reach uniform's final score", ""]
+    for metric in ["test_bpd_estimate"] + quality:
+        lines += [f"### {METRIC_LABELS[metric]}", "", ttq_table(ttq, metric)]
+    lines += ["## Paired comparison with uniform at the final checkpoint", ""]
+    for metric in ["test_bpd"] + quality:
+        lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric)]
+    lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
+              "Δ = adaptive − control, same seed. A gain that a control shares is not learning.", ""]
+    for metric in ["test_bpd"] + quality:
+        lines += [f"### {METRIC_LABELS[metric]}", "",
+                  paired_table([r for r in controls if r["metric"] == metric], metric, ", ".join(CONTROLS))]
+    lines += ["### Learned densities", ""] + [ln.strip() for ln in density_lines(tracks or {})] + [""]
+    lines += ["## Cost (measured in this run)", ""]
+    lines += ["| method | runs trained now | training steps/s | wall-clock s per run trained in one go (training + "
+              "evaluations) |",
+              "|---|---|---|---|"]
+    for m in s.methods:
+        c = costs["methods"].get(m, {})
+        lines.append(f"| {m} | {c.get('trained', 0)} | {_fmt(c.get('steps_per_sec'), 1)} | "
+                     f"{_fmt(c.get('run_seconds'), 1)} |")
+    lines += [""]
+    if quality:
+        lines += [f"- Sampling and scoring one checkpoint ({s.fd_samples} DDIM images × {s.ddim_steps} steps, "
+                  f"features, Fréchet distance): {_fmt(costs.get('score_seconds_per_checkpoint'), 1)} s on average."]
+    if classifier:
+        lines += [f"- Digit classifier: {'loaded from cache in' if classifier.get('cached') else 'trained in'} "
+                  f"{_fmt(classifier.get('seconds'), 1)} s."]
+    lines += [f"- This invocation: {costs['total_seconds']:.0f} s wall-clock; {costs['trained']} runs trained, "
+              f"{costs['resumed']} resumed, {costs['skipped']} already finished.", ""]
+    lines += ["## Plots", ""] + [f"- `{p.name}`" for p in plots] + [""]
+    lines += ["Raw data: `results.json` / `results.csv` (one record per run and checkpoint), `summary.csv`, "
+              "`time_to_quality.csv`, `paired.csv`; per run: `runs/<method>__<schedule>__s<seed>/`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,165 @@
+"""The benchmark's statistics over run records (one dict per run and checkpoint): mean and spread over
+seeds, time to reach the baseline's final score, and paired comparisons with a verdict that weighs a
+difference against the seed spread. Plain functions of the records, so a report can be rebuilt from
+records alone (bench_records.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BASELINE = "uniform"
+FLOW_BASELINE = "flow-uniform"
+
+def _mean_std(values) -> tuple[float | None, float | None, int]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None, 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def metrics_in(records: list[dict]) -> list[str]:
+    """The score fields that hold at least one value, in a fixed order."""
+    return [m for m in ("test_bpd", "test_bpd_estimate", "fd", "fid") if any(r.get(m) is not None for r in records)]
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds, per (method, schedule, step)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["schedule"], r["step"]), []).append(r)
+    rows = []
+    for (method, schedule, step), rs in groups.items():
+        row = {"method": method, "schedule": schedule, "step": step, "seeds": len(rs),
+               "bpd_method": rs[0]["bpd_method"]}
+        for metric in ("train_seconds",) + tuple(metrics_in(records)):
+            mean, std, _ = _mean_std([r.get(metric) for r in rs])
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+        rows.append(row)
+    return rows
+
+
+def time_to_target(steps, seconds, values, target: float):
+    """(step, seconds) of the first checkpoint whose value is at or below `target` (lower is better);
+    None if the curve never gets there. Missing values (None) never count as reached."""
+    for step, sec, value in zip(steps, seconds, values):
+        if value is not None and value <= target + 1e-12 * abs(target):
+            return step, sec
+    return None
+
+
+def mean_curve(records: list[dict], method: str, schedule: str, metric: str):
+    """(steps, mean train_seconds, mean metric) over seeds; a step missing the metric for any seed is None."""
+    by_step: dict[int, list[dict]] = {}
+    for r in records:
+        if r["method"] == method and r["schedule"] == schedule:
+            by_step.setdefault(r["step"], []).append(r)
+    steps = sorted(by_step)
+    seconds = [float(np.mean([r["train_seconds"] for r in by_step[s]])) for s in steps]
+    values = []
+    for s in steps:
+        vals = [r.get(metric) for r in by_step[s]]
+        values.append(None if any(v is None for v in vals) else float(np.mean(vals)))
+    return steps, seconds, values
+
+
+def time_to_quality(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
+    """Per schedule: the target is the baseline's final score (mean over seeds); for every method, the
+    first checkpoint at which its mean curve reaches it, in steps and in training seconds, and the
+    speed-up over the baseline's own time to that target (baseline steps / method steps). A method that
+    never reaches the target gets reached=False and no speed-up."""
+    rows = []
+    for schedule in dict.fromkeys(r["schedule"] for r in records):
+        methods = list(dict.fromkeys(r["method"] for r in records if r["schedule"] == schedule))
+        if baseline not in methods:
+            continue
+        b_steps, b_seconds, b_values = mean_curve(records, baseline, schedule, metric)
+        if not b_values or b_values[-1] is None:
+            continue
+        target = b_values[-1]
+        b_hit = time_to_target(b_steps, b_seconds, b_values, target)
+        for method in methods:
+            steps, seconds, values = mean_curve(records, method, schedule, metric)
+            hit = time_to_target(steps, seconds, values, target)
+            row = {"schedule": schedule, "method": method, "metric": metric, "target": target,
+                   "final": values[-1] if values else None, "reached": hit is not None,
+                   "steps": None, "seconds": None, "speedup_steps": None, "speedup_seconds": None}
+            if hit is not None:
+                row["steps"], row["seconds"] = hit
+                row["speedup_steps"] = b_hit[0] / hit[0] if hit[0] > 0 else None
+                row["speedup_seconds"] = b_hit[1] / hit[1] if hit[1] > 0 else None
+            rows.append(row)
+    return rows
+
+
+def verdict(diffs: list[float], spread: float) -> str:
+    """Words for paired differences method − baseline (lower is better) against the seed spread (the
+    larger standard deviation over seeds of the two methods alone).
+
+    "consistent": every seed's difference has the same sign and the mean exceeds twice its standard
+    error. Consistent and larger than the spread: "better/worse beyond seed spread"; consistent but
+    smaller: "better/worse on every seed (paired), within seed spread"; otherwise "no consistent difference"."""
+    if len(diffs) < 2:
+        return "one seed: no spread to compare with"
+    mean, sd = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+    same_sign = all(d < 0 for d in diffs) or all(d > 0 for d in diffs)
+    if not (same_sign and abs(mean) > 2 * sd / math.sqrt(len(diffs))):
+        return "no consistent difference"
+    word = "better" if mean < 0 else "worse"
+    return f"{word} beyond seed spread" if abs(mean) > spread else f"{word} on every seed (paired), within seed spread"
+
+
+def paired_comparison(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
+    """At each run's final checkpoint, per schedule and method: the per-seed difference method − baseline
+    (same seed: same initial weights and batches), its mean, the seeds on which the method is better
+    (lower), a paired t-test, and a `verdict`."""
+    from scipy import stats
+
+    final = {}
+    for r in records:
+        key = (r["method"], r["schedule"], r["seed"])
+        if key not in final or r["step"] > final[key]["step"]:
+            final[key] = r
+    rows = []
+    for schedule in dict.fromkeys(r["schedule"] for r in records):
+        methods = list(dict.fromkeys(r["method"] for r in records if r["schedule"] == schedule))
+        if baseline not in methods:
+            continue
+        base = {seed: r[metric] for (m, s, seed), r in final.items()
+                if m == baseline and s == schedule and r.get(metric) is not None}
+        for method in methods:
+            if method == baseline:
+                continue
+            mine = {seed: r[metric] for (m, s, seed), r in final.items()
+                    if m == method and s == schedule and r.get(metric) is not None}
+            seeds = sorted(set(mine) & set(base))
+            diffs = [mine[s] - base[s] for s in seeds]
+            row = {"schedule": schedule, "method": method, "baseline": baseline, "metric": metric, "seeds": len(seeds),
+                   "diffs": diffs, "mean_diff": None, "sd_diff": None, "better_seeds": sum(d < 0 for d in diffs),
+                   "p_value": None, "spread": None, "verdict": "no paired seeds"}
+            if diffs:
+                row["mean_diff"] = float(np.mean(diffs))
+                row["verdict"] = "one seed: no spread to compare with"
+            if len(diffs) >= 2:
+                sd = float(np.std(diffs, ddof=1))
+                spread = max(float(np.std([mine[s] for s in seeds], ddof=1)),
+                             float(np.std([base[s] for s in seeds], ddof=1)))
+                row.update(sd_diff=sd, spread=spread)
+                if sd > 0:
+                    row["p_value"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+                row["verdict"] = verdict(diffs, spread)
+            rows.append(row)
+    return rows
+
+
+
+# The learned sampler is judged against what could explain its gain without learning: its own policy frozen
+# at the start, a fixed Beta, its final Beta fixed from step 0, the credit without a policy, the paper's reward.
+LEARNED = "adaptive"
+CONTROLS = ("adaptive-frozen", "beta-0.95", "adaptive-final", "credit-proportional", "adaptive-paper")
+
+
+def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
+    """Paired rows of the learned sampler against each control present (Δ = learned − control)."""
+    return [row for control in CONTROLS for row in paired_comparison(records, metric, baseline=control)
+            if row["method"] == LEARNED]

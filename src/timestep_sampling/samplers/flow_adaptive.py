@@ -1,0 +1,175 @@
+"""The learned time sampler for rectified flow: a Beta policy on t ∈ (0, 1) itself, trained online on the
+first-order credit of each sample for its own t (credit.py), as the discrete `adaptive` sampler is.
+
+    t ~ m·U(0, 1) + (1 − m)·Beta(α, β)         (m = `uniform_mix`, 0 by default)
+    c_b = d/dδ ‖v − v̂_{θ + δd}(x_t_b, t_b)‖²,   d = P·∇ ∫_{t_min}^1 ((1 − t)/t)‖v − v̂‖² dt   (the flow's ELBO)
+    A_b = (c_b − mean c)/std c;   φ ← Adam step on −mean_b[log π_φ(t_b) A_b] − c_ent·H(Beta)
+
+every K = `update_every` steps, around the user's optimiser step (`observe(model, x0, optimizer=opt)`),
+exactly as in the discrete loop. One global Beta: the discrete measurement (README, issue 14) found the
+per-image policy giving every image the same (α, β). The policy starts at α = β = softplus(0.5) ≈ 0.974,
+nearly uniform, which is rectified flow's own choice of t; lr = 0 freezes it there (the frozen control).
+The policy's density is exact (`density`, `cdf`), so `unbiased=True` and goodness-of-fit tests work as
+for the fixed flow samplers.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .. import distributed
+from ..devices import check_device
+from ..errors import require
+from ..flow import TIMESTEP_SCALE, RectifiedFlow
+from .base import SAMPLERS
+from .continuous import EPS, ContinuousTimeSampler
+from .credit import flow_first_order_credit
+from .fixed import check_batch_size, check_real
+from .policy import GlobalPolicy
+from .policy_gradient import CreditPolicyGradient, draw_beta_mixture
+
+_FALLBACK, _CREDIT = range(2)  # independent random streams, each from (seed, stream, rank, index)
+
+
+def _count(value, name: str, minimum: int = 1) -> int:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"option {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@SAMPLERS.register("flow-adaptive")
+class FlowAdaptiveSampler(CreditPolicyGradient, ContinuousTimeSampler):
+    """A learned Beta over t for rectified flow. In a training loop:
+
+        t, w = sampler.sample(len(x0), device)
+        with sampler.observe(model, x0, optimizer=opt):
+            loss = (w * flow.loss(model, x0, t)).mean()
+            loss.backward(); opt.step(); opt.zero_grad()
+
+    Options: lr (Adam, 3e-2; 0 freezes), update_every (K = 20), entropy_coef (1e-2), grad_clip (1.0; None:
+    off), uniform_mix (m, 0), credit_strata (64 log-spaced strata of [t_min, 1) in the bound probe),
+    credit_delta (1e-3), t_min (1e-3), timestep_scale (the model's conditioning is t·scale; 1000, as
+    diffusers' flow schedulers and the trainer), seed, unbiased."""
+
+    name = "flow-adaptive"
+
+    def __init__(self, schedule=None, lr: float = 3e-2, update_every: int = 20, entropy_coef: float = 1e-2,
+                 grad_clip: float | None = 1.0, uniform_mix: float = 0.0, credit_strata: int = 64,
+                 credit_delta: float = 1e-3, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
+                 seed: int = 0, unbiased: bool = False):
+        super().__init__(schedule, unbiased=unbiased)
+        self.lr = check_real("lr", lr)
+        require(self.lr >= 0, f"option lr must be >= 0, got {lr!r}")
+        self.update_every = _count(update_every, "update_every")
+        self.entropy_coef = check_real("entropy_coef", entropy_coef)
+        require(self.entropy_coef >= 0, f"option entropy_coef must be >= 0, got {entropy_coef!r}")
+        self.grad_clip = None if grad_clip is None else check_real("grad_clip", grad_clip, positive=True)
+        self.uniform_mix = check_real("uniform_mix", uniform_mix)
+        require(0 <= self.uniform_mix < 1, f"option uniform_mix must lie in [0, 1), got {uniform_mix!r}")
+        self.credit_strata = _count(credit_strata, "credit_strata")
+        self.credit_delta = check_real("credit_delta", credit_delta, positive=True)
+        self.t_min = check_real("t_min", t_min, positive=True)
+        require(self.t_min < 1, f"option t_min must lie in (0, 1), got {t_min!r}")
+        self.flow = RectifiedFlow(timestep_scale)
+        self.seed = _count(seed, "seed", 0)
+        self.policy = GlobalPolicy()
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+        self.step = self.updates = self.skipped_updates = self.draws = 0
+        self.last_stats: dict | None = None
+        self.last_rewards: torch.Tensor | None = None
+        self._last_sample = None
+        self._pmf_cache = self._ab_cache = None  # cleared by every policy step
+
+    # --- the policy and its density ------------------------------------------------------------
+    def _run_policy(self, policy_input=None):
+        return self.policy()
+
+    def concentrations(self) -> tuple[float, float]:
+        """(α, β) of the current Beta, kept until the next update (a plain step runs no policy)."""
+        if self._ab_cache is None or self._ab_cache[0] != self.updates:
+            with torch.no_grad():
+                alpha, beta = (float(v) for v in self.policy())
+            self._ab_cache = (self.updates, (alpha, beta))
+        return self._ab_cache[1]
+
+    def _density(self, t: np.ndarray) -> np.ndarray:
+        alpha, beta = self.concentrations()
+        return self.uniform_mix + (1 - self.uniform_mix) * stats.beta.pdf(t, alpha, beta)
+
+    def _cdf(self, t: np.ndarray) -> np.ndarray:
+        alpha, beta = self.concentrations()
+        return self.uniform_mix * t + (1 - self.uniform_mix) * stats.beta.cdf(t, alpha, beta)
+
+    def _draw(self, n: int, generator) -> torch.Tensor:
+        alpha, beta = self.concentrations()
+        return draw_beta_mixture(alpha, beta, n, generator, self.uniform_mix)
+
+    # --- drawing and learning --------------------------------------------------------------------
+    def _stream(self, stream: int, rank: int, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, stream, rank, index]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def sample(self, batch_size, device=None, generator=None, x0=None):
+        """t ∈ (0, 1) as float32 and the weights; without a generator, the sampler's own stream for
+        (seed, rank, call). The draws are kept for the next `observe()`."""
+        check_batch_size(batch_size)
+        device = check_device(device)
+        if generator is None:
+            generator = self._stream(_FALLBACK, distributed.rank(), self.draws)
+            self.draws += 1
+        t = self._draw(batch_size, generator).clamp(EPS, 1 - EPS).float()
+        self._last_sample = t
+        return t.to(device), self.importance_weights(t).to(device)
+
+    @property
+    def is_update_step(self) -> bool:
+        return self.step % self.update_every == 0
+
+    @contextlib.contextmanager
+    def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
+        """Wrap one optimiser step of `model` (model(x_t, t·timestep_scale) -> v̂, DDP included) on the batch x0
+        that the last `sample()` drew times for. On update steps the credit is measured before the body and
+        the policy learns after it; if the body raises, nothing is learned or counted."""
+        if not self.is_update_step:
+            yield
+            self.step += 1
+            return
+        t = self._last_sample
+        require(t is not None, "observe() on an update step needs the times of this batch: call sampler.sample(...) "
+                               "first")
+        require(isinstance(x0, torch.Tensor) and len(x0) == len(t),
+                f"observe() got a batch of {len(x0) if isinstance(x0, torch.Tensor) else type(x0).__name__} but the "
+                f"last sample() drew {len(t)} times")
+        self._last_sample = None
+        credit = flow_first_order_credit(model, self.flow, x0, t.to(device=x0.device, dtype=x0.dtype), optimizer,
+                                         generator=self._stream(_CREDIT, distributed.rank(), self.updates),
+                                         strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min)
+        yield
+        self._learn_from_credit(None, t.double(), credit)
+        self.step += 1
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "step": self.step, "updates": self.updates,
+                "skipped_updates": self.skipped_updates, "draws": self.draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        require(set(state.get("policy", {})) == set(self.policy.state_dict()),
+                "the checkpoint's sampler state is not a flow-adaptive sampler's")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.updates = int(state["step"]), int(state["updates"])
+        self.skipped_updates, self.draws = int(state["skipped_updates"]), int(state["draws"])
+        self._last_sample, self._ab_cache = None, None
+
+    def options(self) -> dict:
+        options = {"lr": self.lr, "K": self.update_every, "credit_strata": self.credit_strata, "t_min": self.t_min}
+        if self.uniform_mix:
+            options["uniform_mix"] = self.uniform_mix
+        if self.entropy_coef != 1e-2:
+            options["entropy_coef"] = self.entropy_coef
+        return options
