@@ -379,3 +379,40 @@ def test_bench_settings_cannot_override_the_methods_they_name(tmp_path):
     """Records and plots name a run by its method, so a sampler or weighting may not silently replace it."""
     with pytest.raises(UserError, match="cannot override sampler; name the pair as a method"):
         bench.make_settings(tmp_path, methods="uniform", extra={"sampler": "adaptive"})
+
+
+def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
+    """`bench --objective flow`: rectified-flow runs filed under "flow", scored by the ODE likelihood and
+    the FD of Euler samples, compared with flow-uniform; the learned Beta's track is recorded and its
+    final Beta, frozen from step 0, trains as a flow-beta."""
+    records = tmp_path / "records"
+    learned = "flow-adaptive:update_every=2+flow-none"
+    # few ODE steps and test images, so that three flow runs take seconds
+    objective = "flow:eval_images=8,eval_steps=1,final_steps=2,probes=1"
+    settings = tiny_settings(tmp_path / "a", schedules=None, objective=objective, records=str(records),
+                             methods=f"flow-uniform,{learned},{learned}-final")
+    result = bench.run_bench(settings)
+    assert result["trained"] == 3
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert {r["schedule"] for r in results["records"]} == {"flow"}
+    final = [r for r in results["records"] if r["step"] == 10]
+    assert all(r["bpd_method"] == "exact" and r["fd"] > 0 and 0 < r["test_bpd"] < 20 for r in final)
+    config = json.loads((tmp_path / "a" / "runs" / f"{bench.run_name(learned, 'flow', 0)}" / "config.json").read_text())
+    assert config["objective"] == objective
+    track = json.loads((records / f"{bench.run_name(learned, 'flow', 0)}.json").read_text())["sampler"]
+    assert track["continuous"] and len(track["density"][0]) == 100 and track["tv_from_start"] > 0
+    assert "mass_t_below_0.1" in track and track["alpha"] > 0
+    kept = json.loads((records / f"{bench.run_name(learned + '-final', 'flow', 0)}.json").read_text())
+    assert kept["trained_as"] == f"flow-beta:a={track['alpha']:.6g},b={track['beta']:.6g}+flow-none"
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "Paired comparison with flow-uniform" in report and "probability-flow ODE" in report
+    assert "Euler, 3 steps" in report
+
+
+def test_flow_bench_refuses_mixed_kinds(tmp_path):
+    with pytest.raises(UserError, match="add --objective flow"):
+        tiny_settings(tmp_path, methods="uniform,flow-uniform")
+    with pytest.raises(UserError, match="takes flow-... methods"):
+        tiny_settings(tmp_path, schedules=None, objective="flow", methods="uniform")
+    with pytest.raises(UserError, match="no noise schedule"):
+        tiny_settings(tmp_path, objective="flow", methods="flow-uniform")

@@ -37,9 +37,11 @@ def test_a_flow_run_trains_scores_and_samples(tmp_path):
     assert json.loads((out / "config.json").read_text())["objective"] == CHEAP
 
 
-def test_a_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["flow-logit-normal", "flow-adaptive:update_every=2+flow-none"])
+def test_a_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch, method):
+    """With the learned sampler too: its policy, Adam state and counters come back from the checkpoint."""
     straight = tmp_path / "straight"
-    train(flow_config(straight, eval_every=0, num_samples=0), progress=False)
+    train(flow_config(straight, eval_every=0, num_samples=0, method=method), progress=False)
     crashed = tmp_path / "crashed"
     original = Trainer.train_step
 
@@ -50,9 +52,9 @@ def test_a_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_15)
     with pytest.raises(KeyboardInterrupt):
-        train(flow_config(crashed, eval_every=0, num_samples=0), progress=False)
+        train(flow_config(crashed, eval_every=0, num_samples=0, method=method), progress=False)
     monkeypatch.setattr(Trainer, "train_step", original)
-    train(flow_config(crashed, eval_every=0, num_samples=0), resume=True, progress=False)
+    train(flow_config(crashed, eval_every=0, num_samples=0, method=method), resume=True, progress=False)
     a = load_file(latest_checkpoint(straight / "checkpoints") / "model.safetensors")
     b = load_file(latest_checkpoint(crashed / "checkpoints") / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

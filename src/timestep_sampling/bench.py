@@ -41,13 +41,19 @@ from .config import make_config
 from .errors import UserError, require, unknown_choice
 from .bench_records import all_records, read_record, run_name, write_record
 from .bench_report import _fmt, headline, plot_curves, plot_densities, write_csv, write_report
-from .bench_stats import learned_vs_controls, metrics_in, paired_comparison, summarize, time_to_quality
-from .methods import make_method, method_specs
+from .bench_stats import BASELINE, FLOW_BASELINE, learned_vs_controls, metrics_in, paired_comparison, summarize, time_to_quality
+from .methods import is_flow_method, make_method, method_specs
 from .schedule import SCHEDULES, NoiseSchedule
 
 DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2024", "adaptive",
                    "adaptive-min-snr", "adaptive-frozen", "beta-0.95")
 DEFAULT_SCHEDULES = ("linear", "cosine", "quad")
+# --objective flow: rectified flow has no noise schedule; its runs are filed under this one name instead.
+FLOW_TIME = "flow"
+FLOW_METHODS = ("flow-uniform", "flow-logit-normal", "flow-mode", "flow-cosmap", "flow-beta-0.95", "flow-adaptive",
+                "flow-adaptive-frozen", "flow-adaptive-final")
+FLOW_QUICK_METHODS = ("flow-uniform", "flow-adaptive", "flow-adaptive-frozen")
+OBJECTIVES = ("ddpm", "flow")
 # --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
 # 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds.
 QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
@@ -83,7 +89,13 @@ class BenchSettings:
     quick: bool = False
     progress: bool = True
     records: str | None = None  # a folder of per-run records (bench_records.py): skip what is there, report all
+    objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
+
+    @property
+    def flow(self) -> bool:
+        """Whether the grid trains rectified flow (`objective` may carry options: "flow:final_steps=8")."""
+        return self.objective.partition(":")[0].strip() == "flow"
 
     @property
     def seed_list(self) -> list[int]:
@@ -105,6 +117,9 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
                   steps: int | None = None, eval_every: int | None = None, **options) -> BenchSettings:
     """Settings from the preset (full or --quick), then the caller's choices; every name is checked."""
     base = dict(QUICK if quick else FULL)
+    if str(options.get("objective") or "").partition(":")[0].strip() == "flow":
+        require(schedules is None, "rectified flow has no noise schedule: drop --schedules with --objective flow")
+        base.update(methods=FLOW_QUICK_METHODS if quick else FLOW_METHODS, schedules=(FLOW_TIME,))
     chosen = dict(methods=_split_names(methods), schedules=_split_names(schedules), seeds=seeds, steps=steps,
                   eval_every=eval_every, **options)
     base.update({k: v for k, v in chosen.items() if v is not None})
@@ -119,12 +134,19 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
 def validate(settings: BenchSettings) -> None:
     require(len(settings.methods) > 0, "--methods is empty; valid choices: " + ", ".join(DEFAULT_METHODS))
     require(len(settings.schedules) > 0, "--schedules is empty; valid choices: " + ", ".join(SCHEDULES))
+    if settings.objective.partition(":")[0].strip() not in OBJECTIVES:
+        raise unknown_choice("objective", settings.objective, OBJECTIVES)
+    flow = settings.flow
     for name in settings.schedules:
-        if name not in SCHEDULES:
+        if not (flow and name == FLOW_TIME) and name not in SCHEDULES:
             raise unknown_choice("noise schedule", name, SCHEDULES)
     probe = NoiseSchedule("linear", T=max(settings.T, 2))
     for name in settings.methods:
         make_method(name.removesuffix(FINAL_SUFFIX), probe)  # a bad name or option: a UserError listing the valid ones
+        if is_flow_method(name.removesuffix(FINAL_SUFFIX)) != flow:
+            raise UserError(f"method {name!r} is for " + ("DDPM; --objective flow takes flow-... methods, e.g. "
+                                                          + ", ".join(FLOW_METHODS[:4]) if flow else
+                                                          "rectified flow: add --objective flow"))
     # Records, tables and plots name each run by its method, so a sampler or weighting may not override it.
     overrides = sorted({"sampler", "weighting", "method"} & set(settings.extra))
     require(not overrides, f"bench settings cannot override {', '.join(overrides)}; name the pair as a method "
@@ -149,7 +171,7 @@ def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
     checkpoints = math.ceil(settings.steps / settings.eval_every)
     trained = frozen_final_method(settings, method, schedule, seed) if method.endswith(FINAL_SUFFIX) else method
     overrides = dict(data=settings.data, out=str(Path(settings.out) / "runs" / run_name(method, schedule, seed)),
-                     method=trained, schedule=schedule, seed=seed, steps=settings.steps, T=settings.T,
+                     method=trained, schedule=_noise_schedule(schedule), objective=settings.objective, seed=seed, steps=settings.steps, T=settings.T,
                      eval_every=settings.eval_every, checkpoint_every=settings.eval_every,
                      keep_checkpoints=checkpoints + 1, final_exact=settings.final_exact, num_samples=0,
                      eval_exact_below=settings.eval_exact_below, eval_strata=settings.eval_strata,
@@ -160,12 +182,17 @@ def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
     return make_config(**overrides)
 
 
+def _noise_schedule(schedule: str) -> str:
+    """The trainer's schedule for a grid column: a flow run ignores it, so it keeps the default."""
+    return "linear" if schedule == FLOW_TIME else schedule
+
+
 def method_fingerprint(method: str, schedule: str, T: int) -> str | None:
     """What a method name trains, as its sampler's repr and its weighting's spec (None for a -final cell,
     which is fixed by its learned run's record)."""
     if method.endswith(FINAL_SUFFIX):
         return None
-    sampler, _ = make_method(method, NoiseSchedule(schedule, T=T))
+    sampler, _ = make_method(method, NoiseSchedule(_noise_schedule(schedule), T=T))
     return f"{sampler!r} + {method_specs(method)[1]}"
 
 
@@ -179,6 +206,8 @@ def frozen_final_method(settings: BenchSettings, method: str, schedule: str, see
     if not summary or summary.get("alpha") is None:
         raise UserError(f"{method} needs the final Beta of a finished {source!r} run ({name}) with a global "
                         f"policy; run {source} first (put it before {method} in --methods)")
+    if is_flow_method(source):
+        return f"flow-beta:a={summary['alpha']:.6g},b={summary['beta']:.6g}+flow-none"
     return f"beta:a={summary['alpha']:.6g},b={summary['beta']:.6g}+none"
 
 
@@ -195,10 +224,14 @@ def sampler_summary(folder: Path) -> dict | None:
     final = updates[-1] if updates else {}
     global_beta = final.get("alpha_std") == 0.0 and final.get("beta_std") == 0.0
     T = len(first)
+    # Where the bound's mass is: t < 20 of a discrete T, or t < 0.1 of continuous time (in equal bins of t).
+    continuous = bool(densities[0].get("continuous"))
+    low, low_key = (T // 10, "mass_t_below_0.1") if continuous else (20, "mass_t_below_20")
     return {"steps": [r["step"] for r in densities],
             "density": [[float(f"{v * T:.3g}") for v in r["density"]] for r in densities],
             "tv_from_start": float(0.5 * np.abs(last - first).sum()),
-            "mass_t_below_20": [float(sum(r["density"][:20])) for r in densities],
+            low_key: [float(sum(r["density"][:low])) for r in densities],
+            **({"continuous": True} if continuous else {}),
             "alpha": final.get("alpha_mean") if global_beta else None,
             "beta": final.get("beta_mean") if global_beta else None}
 
@@ -280,32 +313,41 @@ class Scorer:
 
 
 def generate(checkpoint: Path, settings: BenchSettings, device) -> torch.Tensor:
-    """`fd_samples` DDIM samples of a checkpoint's EMA model, from the fixed starting noise."""
+    """`fd_samples` samples of a checkpoint's EMA model from the fixed starting noise: DDIM for DDPM, Euler
+    steps of the velocity for rectified flow, `ddim_steps` steps either way."""
     from .evaluate import load_model
+    from .flow import RectifiedFlow
     from .sampling import ddim_sample
 
-    model, schedule, _, meta = load_model(checkpoint, device)
+    model, schedule, cfg, meta = load_model(checkpoint, device)
     gen = torch.Generator().manual_seed(settings.sample_seed)
+    shape = tuple(meta["data_shape"])
     out, left = [], settings.fd_samples
     while left > 0:
         n = min(SAMPLE_CHUNK, left)
-        out.append(ddim_sample(model, schedule, (n,) + tuple(meta["data_shape"]), steps=settings.ddim_steps,
-                               device=device, generator=gen).cpu())
+        if cfg.objective == "ddpm":
+            images = ddim_sample(model, schedule, (n,) + shape, steps=settings.ddim_steps, device=device, generator=gen)
+        else:
+            noise = torch.randn((n,) + shape, generator=gen).to(device)
+            images = RectifiedFlow().sample(model, noise, settings.ddim_steps).clamp(-1, 1)
+        out.append(images.cpu())
         left -= n
     return torch.cat(out)
 
 
 def estimate_checkpoint(checkpoint: Path, cfg, device) -> float:
-    """The stratified estimate of test bits/dim of a checkpoint's EMA model, with exactly the trainer's
-    settings (same timesteps and noise), for comparing it with the estimates logged during training."""
-    from .bound import estimate_bpd
+    """The test bits/dim estimate of a checkpoint's EMA model with exactly the trainer's settings (same
+    timesteps, noise and probes), for comparing it with the estimates logged during training."""
     from .data import load_data
     from .evaluate import load_model
+    from .objectives import make_objective
+    from .samplers import make_sampler
 
     model, schedule, _, _ = load_model(checkpoint, device)
     data = load_data(cfg.data)
-    return estimate_bpd(model, schedule, data.test.to(device), bins=data.bins, variance=cfg.variance, seed=0,
-                        exact_below=min(cfg.eval_exact_below, cfg.T), strata=cfg.eval_strata).total
+    sampler = make_sampler("flow-uniform" if cfg.objective != "ddpm" else "uniform", schedule)
+    objective = make_objective(cfg, schedule, data.bins, sampler)
+    return objective.bpd(model, data.test.to(device), exact=False)
 
 
 def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> dict:
@@ -337,7 +379,7 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
             cache[scorer.metric]["seconds"][str(step)] = sample_seconds + time.perf_counter() - start
         _write_json(path, cache)
     final = evals.get(cfg.steps)
-    if final is not None and final.get("bpd_method") == "exact" and "final_estimate" not in cache:
+    if final is not None and bpd_kind(final) == "exact" and "final_estimate" not in cache:
         if cfg.steps in checkpoints:
             start = time.perf_counter()
             value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device)
@@ -350,6 +392,17 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
     return cache
 
 
+# The trainer's names for its two bits/dim measurements, per objective: the cheap one logged during training
+# and the thorough one at the end.
+ESTIMATE_LABELS, EXACT_LABELS = ("estimate", "ode-hutchinson-subset"), ("exact", "ode-hutchinson")
+
+
+def bpd_kind(metrics: dict) -> str:
+    """"estimate" or "exact" for a trainer's evaluation line, whatever the objective."""
+    label = metrics.get("bpd_method")
+    return "estimate" if label in ESTIMATE_LABELS else "exact" if label in EXACT_LABELS else str(label)
+
+
 def run_records(cfg, method: str, schedule: str, seed: int) -> list[dict]:
     """One record per evaluation of the run: the contract fields of results.json."""
     folder = Path(cfg.out)
@@ -358,9 +411,10 @@ def run_records(cfg, method: str, schedule: str, seed: int) -> list[dict]:
     records = []
     for step in sorted(evals):
         r = evals[step]
-        estimate = r["test_bpd"] if r["bpd_method"] == "estimate" else cache.get("final_estimate", {}).get("value")
+        kind = bpd_kind(r)
+        estimate = r["test_bpd"] if kind == "estimate" else cache.get("final_estimate", {}).get("value")
         record = {"method": method, "schedule": schedule, "seed": seed, "step": step,
-                  "train_seconds": r["train_seconds"], "test_bpd": r["test_bpd"], "bpd_method": r["bpd_method"],
+                  "train_seconds": r["train_seconds"], "test_bpd": r["test_bpd"], "bpd_method": kind,
                   "test_bpd_estimate": estimate}
         record["fd"] = cache.get("fd", {}).get("values", {}).get(str(step))  # None where there is no FD
         if "fid" in cache:
@@ -490,12 +544,13 @@ def run_bench(settings: BenchSettings) -> dict:
         records = [e for r in all_records(settings.records, settings) for e in r["evals"]]
 
     summary = summarize(records)
+    baseline = FLOW_BASELINE if settings.flow else BASELINE
     ttq, paired, controls = [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":
-            ttq += time_to_quality(records, metric)
+            ttq += time_to_quality(records, metric, baseline)
         if metric != "test_bpd_estimate":
-            paired += paired_comparison(records, metric)
+            paired += paired_comparison(records, metric, baseline)
             controls += learned_vs_controls(records, metric)
     tracks = density_tracks(settings)
     plots = [plot_curves(records, m, out / f"curves_{m}.png")

@@ -24,11 +24,17 @@ from .errors import UserError
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
 GRID_KEYS = ("data", "model", "batch_size", "T", "steps", "eval_every", "warmup", "ema_decay", "final_exact",
-             "eval_exact_below", "eval_strata", "fd_samples", "ddim_steps", "sample_seed", "extra")
+             "eval_exact_below", "eval_strata", "fd_samples", "ddim_steps", "sample_seed", "extra", "objective")
+# What a key added later meant for a record written before it: every run then was DDPM.
+LEGACY_GRID = {"objective": "ddpm"}
 
 
 def grid_key(settings) -> dict:
     return {k: getattr(settings, k) for k in GRID_KEYS}
+
+
+def _same_grid(record: dict, key: dict) -> bool:
+    return {**LEGACY_GRID, **record.get("grid", {})} == key
 
 
 def provenance() -> dict:
@@ -80,7 +86,7 @@ def read_record(folder: Path, name: str, settings, fingerprint: str | None = Non
     if not path.is_file():
         return None
     record = _load(path)
-    if record is None or record.get("grid") != _jsonable(grid_key(settings)):
+    if record is None or not _same_grid(record, _jsonable(grid_key(settings))):
         return None
     if fingerprint is not None and record.get("fingerprint", fingerprint) != fingerprint:
         return None
@@ -91,7 +97,7 @@ def all_records(folder: Path, settings) -> list[dict]:
     """Every record in the folder made under these grid settings, in file-name order."""
     key = _jsonable(grid_key(settings))
     records = (_load(p) for p in sorted(Path(folder).glob("*.json")))
-    return [r for r in records if r is not None and r.get("grid") == key]
+    return [r for r in records if r is not None and _same_grid(r, key)]
 
 
 def _load(path: Path) -> dict | None:

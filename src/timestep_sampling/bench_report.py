@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .bench_records import run_name
-from .bench_stats import BASELINE, CONTROLS, metrics_in
+from .bench_stats import BASELINE, CONTROLS, FLOW_BASELINE, FLOW_CONTROLS, metrics_in
 
 if TYPE_CHECKING:
     from .bench import BenchSettings
@@ -72,6 +72,7 @@ def plot_densities(out: Path, tracks: dict) -> list[Path]:
         name = f"density_{run_name(method, schedule, seed).rsplit('__s', 1)[0]}.png"
         written.append(plot_density_over_training(
             summary["steps"], dens / dens.sum(1, keepdims=True), out / name,
+            continuous=bool(summary.get("continuous")),
             title=f"{method}, {schedule} schedule, seed {seed}: timestep density over training "
                   f"(total variation from the start {summary['tv_from_start']:.2f})"))
     return written
@@ -117,10 +118,10 @@ def table1(summary: list[dict], metric: str, settings: BenchSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ttq_table(rows: list[dict], metric: str) -> str:
+def ttq_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     rows = [r for r in rows if r["metric"] == metric]
     if not rows:
-        return f"(needs `{BASELINE}` in --methods)\n"
+        return f"(needs `{baseline}` in --methods)\n"
     d = _digits(metric)
     lines = ["| schedule | method | target | final | steps to target | speed-up (steps) | seconds to target | "
              "speed-up (seconds) |", "|---|---|---|---|---|---|---|---|"]
@@ -153,10 +154,13 @@ def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str
 
 
 def density_lines(tracks: dict) -> list[str]:
-    """One line per learned density: how far it moved from its start, and its mass on t < 20."""
-    return [f"  {method} ({schedule}, seed {seed}): density moved by total variation {t['tv_from_start']:.2f} "
-            f"from its start; mass on t < 20 {t['mass_t_below_20'][0]:.3f} -> {t['mass_t_below_20'][-1]:.3f}"
-            for (method, schedule), (seed, t) in sorted(tracks.items())]
+    """One line per learned density: how far it moved from its start, and its mass where the bound's is."""
+    lines = []
+    for (method, schedule), (seed, t) in sorted(tracks.items()):
+        where, mass = ("t < 0.1", t["mass_t_below_0.1"]) if t.get("continuous") else ("t < 20", t["mass_t_below_20"])
+        lines.append(f"  {method} ({schedule}, seed {seed}): density moved by total variation {t['tv_from_start']:.2f} "
+                     f"from its start; mass on {where} {mass[0]:.3f} -> {mass[-1]:.3f}")
+    return lines
 
 
 def headline(summary: list[dict], paired: list[dict], controls: list[dict] = (), tracks: dict | None = None) -> str:
@@ -206,6 +210,21 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     metrics = metrics_in(records)
     quality = [m for m in ("fd", "fid") if m in metrics]
     s = settings
+    flow = s.flow
+    baseline, learned_controls = (FLOW_BASELINE, FLOW_CONTROLS) if flow else (BASELINE, CONTROLS)
+    if flow:
+        bpd_line = ("- **Test bits/dim**: the likelihood of the probability-flow ODE (RK4, Hutchinson's trace, data "
+                    "dequantised over their levels) on the first test images at every checkpoint"
+                    + ("; at the last step on the whole test split with more steps, marked (exact): the ODE's "
+                       "likelihood, exact up to the trace estimator." if s.final_exact else "."))
+        sampler_words = f"Euler, {s.ddim_steps} steps"
+    else:
+        bpd_line = ("- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the test split "
+                    f"(every t < {s.eval_exact_below} exactly, one t from each of {s.eval_strata} log-spaced strata "
+                    "above; the same timesteps and noise for every model) at every checkpoint"
+                    + ("; at the last step the exact bound summed over all T terms, marked (exact)." if s.final_exact
+                       else ", the last step included (no exact bound in this run)."))
+        sampler_words = f"DDIM, {s.ddim_steps} steps, η = 0"
     def n(count, word):
         return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -215,31 +234,26 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
               f"(learning-rate warm-up {s.warmup} steps, EMA decay {s.ema_decay}; bits/dim and samples use the EMA), "
               f"checkpoints every {s.eval_every} steps; seeds {', '.join(map(str, s.seed_list))} (the same seed gives "
               f"every method the same initial weights and the same batches). Methods: {', '.join(s.methods)}. "
-              f"Schedules: {', '.join(s.schedules)}. Device: {costs.get('device')}.", ""]
-    lines += ["## How it is measured", "",
-              "- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the test split "
-              f"(every t < {s.eval_exact_below} exactly, one t from each of {s.eval_strata} log-spaced strata above; "
-              "the same timesteps and noise for every model) at every checkpoint"
-              + ("; at the last step the exact bound summed over all T terms, marked (exact)." if s.final_exact else
-                 ", the last step included (no exact bound in this run)."),
-              "- **Time-to-quality**: the target is the uniform method's final score (mean over seeds) on each "
+              f"Schedules: {', '.join(s.schedules)}. Objective: {s.objective}. Device: {costs.get('device')}.", ""]
+    lines += ["## How it is measured", "", bpd_line,
+              f"- **Time-to-quality**: the target is the {baseline} method's final score (mean over seeds) on each "
               "schedule; for every method the first checkpoint at which its mean curve reaches it, in steps and in "
               "training seconds (`train_seconds`: the time inside training steps, no evaluation), and the speed-up "
-              "= uniform's steps (seconds) to that target / the method's. Resolution: one checkpoint interval. "
+              f"= {baseline}'s steps (seconds) to that target / the method's. Resolution: one checkpoint interval. "
               "On bits/dim it compares stratified estimates throughout, the final step included, so target and "
               "curve are measured alike. No speed-up is given for a method that never reached the target. The "
               "runs are made one after another, so on a shared machine the seconds carry its changing load as "
-              "well as each method's own cost: where a method reaches the target at the same step as uniform, "
+              f"well as each method's own cost: where a method reaches the target at the same step as {baseline}, "
               "its seconds speed-up is load, not method; the cost table below shows the steps/s behind it.",
-              "- **Honesty**: per seed, the difference method − uniform at the final checkpoint (same seed: same "
+              f"- **Honesty**: per seed, the difference method − {baseline} at the final checkpoint (same seed: same "
               "initial weights and data order). A difference is *consistent* when every seed's difference has the "
               "same sign and the mean exceeds twice its standard error; the verdict says *beyond seed spread* when "
               "it is consistent and also larger than the standard deviation over seeds of either method alone, "
               "*on every seed (paired), within seed spread* when it is consistent but smaller, and *no consistent "
               "difference* otherwise. With 2–3 seeds this is a coarse screen, not a significance test."]
     if "fd" in metrics:
-        lines += [f"- **FD**: Fréchet distance between features of {s.fd_samples} generated images (DDIM, "
-                  f"{s.ddim_steps} steps, η = 0, EMA weights; starting noise from seed {s.sample_seed}, the same "
+        lines += [f"- **FD**: Fréchet distance between features of {s.fd_samples} generated images ({sampler_words}, "
+                  f"EMA weights; starting noise from seed {s.sample_seed}, the same "
                   f"for every method, seed and checkpoint; images rounded to the data's grey levels) and of the "
                   f"{classifier.get('reference_images')} images of the **test split**. Features: the 64-unit "
                   f"penultimate layer of a small CNN digit classifier trained once on the digits' training split "
@@ -260,17 +274,18 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     for metric in quality:
         lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
                   table1(summary, metric, s)]
-    lines += ["## Time to reach uniform's final score", ""]
+    lines += [f"## Time to reach {baseline}'s final score", ""]
     for metric in ["test_bpd_estimate"] + quality:
-        lines += [f"### {METRIC_LABELS[metric]}", "", ttq_table(ttq, metric)]
-    lines += ["## Paired comparison with uniform at the final checkpoint", ""]
+        lines += [f"### {METRIC_LABELS[metric]}", "", ttq_table(ttq, metric, baseline)]
+    lines += [f"## Paired comparison with {baseline} at the final checkpoint", ""]
     for metric in ["test_bpd"] + quality:
-        lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric)]
+        lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]
     lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
-              "Δ = adaptive − control, same seed. A gain that a control shares is not learning.", ""]
+              f"Δ = {'flow-adaptive' if flow else 'adaptive'} − control, same seed. A gain that a control shares is "
+              "not learning.", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "",
-                  paired_table([r for r in controls if r["metric"] == metric], metric, ", ".join(CONTROLS))]
+                  paired_table([r for r in controls if r["metric"] == metric], metric, ", ".join(learned_controls))]
     lines += ["### Learned densities", ""] + [ln.strip() for ln in density_lines(tracks or {})] + [""]
     lines += ["## Cost (measured in this run)", ""]
     lines += ["| method | runs trained now | training steps/s | wall-clock s per run trained in one go (training + "

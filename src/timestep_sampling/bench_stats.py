@@ -159,7 +159,14 @@ LEARNED = "adaptive"
 CONTROLS = ("adaptive-frozen", "beta-0.95", "adaptive-final", "credit-proportional", "adaptive-paper")
 
 
+# The same for rectified flow: the learned Beta on t against its frozen start, a fixed Beta and its own end.
+FLOW_LEARNED = "flow-adaptive"
+FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
+
+
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
-    """Paired rows of the learned sampler against each control present (Δ = learned − control)."""
-    return [row for control in CONTROLS for row in paired_comparison(records, metric, baseline=control)
-            if row["method"] == LEARNED]
+    """Paired rows of each learned sampler present against each of its controls present (Δ = learned −
+    control)."""
+    return [row for learned, controls in ((LEARNED, CONTROLS), (FLOW_LEARNED, FLOW_CONTROLS))
+            for control in controls for row in paired_comparison(records, metric, baseline=control)
+            if row["method"] == learned]

@@ -184,7 +184,7 @@ def _bench(args) -> None:
                              seeds=args.seeds, steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
-                             records=args.records,
+                             records=args.records, objective=args.objective,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
     print(result["headline"])
@@ -215,6 +215,11 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20)")
     p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
                                        "for FID; never downloaded")
+    p.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
+                   help="ddpm (default) or flow: rectified flow with flow-... methods (default: flow-uniform, "
+                        "flow-logit-normal, flow-mode, flow-cosmap, flow-beta-0.95, flow-adaptive, "
+                        "flow-adaptive-frozen, flow-adaptive-final), scored by the ODE likelihood and FD of "
+                        "Euler samples (--ddim-steps of them)")
     p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
                                      "the same settings are skipped, each finished run adds its record, and the "
                                      "report covers every record")
