@@ -381,11 +381,6 @@ class AdaptiveSampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     # ------------------------------------------------------------------------------------------------
     # Observing an update
 
-    @property
-    def is_update_step(self) -> bool:
-        """Whether the next `observe()` updates the sampler (every K-th step, starting with the first)."""
-        return self.step % self.update_every == 0
-
     @contextlib.contextmanager
     def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
         """Wrap one optimiser step of `model` (any callable model(x_t, t) -> ε, DDP included) on the batch x0

@@ -124,10 +124,6 @@ class FlowAdaptiveSampler(CreditPolicyGradient, ContinuousTimeSampler):
         self._last_sample = t
         return t.to(device), self.importance_weights(t).to(device)
 
-    @property
-    def is_update_step(self) -> bool:
-        return self.step % self.update_every == 0
-
     @contextlib.contextmanager
     def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
         """Wrap one optimiser step of `model` (model(x_t, t·timestep_scale) -> v̂, DDP included) on the batch x0

@@ -44,7 +44,12 @@ def draw_beta_mixture(alpha, beta, n: int, generator: torch.Generator, uniform_m
 class CreditPolicyGradient:
     """Mixin: the policy step and the credit's advantage. The host class holds `policy`, `optimizer`,
     `entropy_coef`, `grad_clip`, `uniform_mix`, the counters `step`, `updates`, `skipped_updates`, and
-    `_run_policy(policy_input) -> (α, β)`."""
+    `_run_policy(policy_input) -> (α, β)`, and `update_every` (K)."""
+
+    @property
+    def is_update_step(self) -> bool:
+        """Whether the next `observe()` updates the sampler (every K-th step, starting with the first)."""
+        return self.step % self.update_every == 0
 
     def _learn_from_credit(self, policy_input, u: torch.Tensor, credit: torch.Tensor) -> None:
         """One policy step on the credit, standardised over the whole batch (all ranks): the advantage."""
