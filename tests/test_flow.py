@@ -140,6 +140,10 @@ def test_euler_sampling_follows_the_exact_flow_map():
     exact = model.mu + (noise.flatten(1) @ model.Q * model.lam.sqrt()) @ model.Q.T
     errors = [(euler_sample(model, noise, steps=n).flatten(1) - exact).abs().max().item() for n in (25, 100)]
     assert errors[1] < 0.06 and 3 < errors[0] / errors[1] < 5, errors
+    # Heun is second order: 4x the steps, about 16x less error, and far below Euler's at equal model calls
+    heun = [(euler_sample(model, noise, steps=n, solver="heun").flatten(1) - exact).abs().max().item()
+            for n in (25, 100)]
+    assert 10 < heun[0] / heun[1] < 25 and heun[0] < errors[1] / 5, (heun, errors)
 
 
 def test_mistakes_are_one_line_user_errors():
@@ -148,6 +152,7 @@ def test_mistakes_are_one_line_user_errors():
         (lambda: flow_mse_per_sample(model, x0, torch.tensor([1, 2, 3, 4])), "not integer timesteps"),
         (lambda: flow_mse_per_sample(model, x0, torch.rand(3)), "one time per sample"),
         (lambda: flow_elbo_terms(model, x0, torch.zeros(4, dtype=torch.float64)), r"every t in \(0, 1\]"),
+        (lambda: euler_sample(model, x0, 4, solver="rk45"), "unknown sampling solver 'rk45'"),
         (lambda: ode_likelihood(model, x0, solver="euler"), "valid choices: heun, rk4"),
         (lambda: ode_likelihood(model, x0, trace="hutch"), "did you mean 'hutchinson'"),
         (lambda: ode_likelihood(model, x0, bins=1), "bins must be an integer >= 2"),

@@ -13,7 +13,7 @@ from timestep_sampling.evaluate import evaluate_checkpoint, sample_checkpoint
 from timestep_sampling.objectives import FlowObjective
 from timestep_sampling.train import Trainer, check_compatible, train
 
-CHEAP = "flow:eval_images=8,eval_steps=2,final_steps=2,sample_steps=4"  # an evaluation for tests, not a measurement
+CHEAP = "flow:eval_images=8,eval_steps=2,final_steps=2,sample_steps=4,sample_solver=heun"  # an evaluation for tests, not a measurement
 
 
 def flow_config(out, **overrides):
@@ -80,6 +80,7 @@ def test_the_flow_objective_dequantises_its_training_data():
     ({"objective": "ddpm:steps=3", "method": "uniform"}, "objective 'ddpm' takes no options"),
     ({"objective": "flow:probes=0"}, "probes must be an integer >= 1"),
     ({"objective": "flow:sample_step=3"}, "did you mean 'sample_steps'"),
+    ({"objective": "flow:sample_solver=rk45"}, "unknown sample_solver 'rk45'"),
 ])
 def test_mismatches_are_one_line_user_errors(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message) as info:

@@ -10,8 +10,8 @@ import torch
 
 from .bound import estimate_bpd, exact_bpd
 from .diffusion import mse_per_sample
-from .errors import UserError, require
-from .flow import TIMESTEP_SCALE, RectifiedFlow
+from .errors import UserError, require, unknown_choice
+from .flow import SAMPLE_SOLVERS, TIMESTEP_SCALE, RectifiedFlow
 from .registry import Registry
 from .schedule import NoiseSchedule
 
@@ -68,13 +68,14 @@ class FlowObjective:
     yet). Scoring: the probability-flow ODE's bits/dim with the same dequantisation
     (flow.ode_likelihood, Hutchinson's trace with `probes` ±1 vectors, RK4), on the first `eval_images`
     test images with `eval_steps` steps during training and on the whole test split with `final_steps` at
-    the end. Sampling: `sample_steps` Euler steps from noise."""
+    the end. Sampling: `sample_steps` steps of `sample_solver` ("euler", or "heun": second order, two model
+    calls a step) from noise."""
 
     continuous = True
 
     def __init__(self, schedule=None, bins: int = 256, sample_steps: int = 50, eval_images: int = 64,
                  eval_steps: int = 8, final_steps: int = 32, probes: int = 2, dequantize: bool = True,
-                 timestep_scale: float = TIMESTEP_SCALE):
+                 timestep_scale: float = TIMESTEP_SCALE, sample_solver: str = "euler"):
         self.bins = bins
         self.sample_steps = _positive_int("sample_steps", sample_steps)
         self.eval_images = _positive_int("eval_images", eval_images)
@@ -84,6 +85,9 @@ class FlowObjective:
         require(isinstance(dequantize, bool), f"option dequantize must be True or False, got {dequantize!r}")
         self.dequantize = dequantize
         self.flow = RectifiedFlow(timestep_scale)
+        if sample_solver not in SAMPLE_SOLVERS:
+            raise unknown_choice("sample_solver", sample_solver, SAMPLE_SOLVERS)
+        self.sample_solver = sample_solver
         self.estimate_name = f"ODE likelihood, Hutchinson, first {eval_images} test images"
 
     def loss(self, model, x0, t, noise) -> torch.Tensor:
@@ -99,7 +103,8 @@ class FlowObjective:
 
     def sample(self, model, shape, device, generator: torch.Generator, progress: bool = False) -> torch.Tensor:
         noise = torch.randn(shape, generator=generator).to(device)
-        return self.flow.sample(model, noise, self.sample_steps, progress=progress).clamp(-1, 1)
+        return self.flow.sample(model, noise, self.sample_steps, progress=progress,
+                                solver=self.sample_solver).clamp(-1, 1)
 
     def label(self, exact: bool) -> str:
         return "ode-hutchinson" if exact else "ode-hutchinson-subset"
