@@ -92,7 +92,8 @@ def test_flow_figure_is_written_and_complete(tmp_path):
     from timestep_sampling.plotting import plot_flow_samplers
 
     out = tmp_path / "flow.png"
-    methods = ["flow-uniform", "flow-logit-normal:shift=3+flow-none", "flow-mode", "flow-elbo", "flow-sigma-sqrt"]
+    methods = ["flow-uniform", "flow-logit-normal:shift=3+flow-none", "flow-mode", "flow-elbo", "flow-sigma-sqrt",
+               "flow-adaptive"]  # the learned one at its starting density
     labels = plot_flow_samplers(methods, out, figsize=(8, 6), dpi=50)
     assert labels == methods
     with Image.open(out) as image:

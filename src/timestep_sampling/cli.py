@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="uniform,p2,min-snr,logit-normal,lognormal-edm,speed,speed-2024,beta-0.95,"
                                         "adaptive")
     p.add_argument("--flow-methods", default="flow-uniform,flow-logit-normal,flow-mode,flow-cosmap,"
-                                             "flow-logit-normal:shift=3+flow-none,flow-elbo,flow-min-snr,flow-sigma-sqrt",
+                                             "flow-logit-normal:shift=3+flow-none,flow-elbo,flow-min-snr,flow-sigma-sqrt,"
+                                             "flow-adaptive",
                    help="rectified-flow methods (continuous t), drawn in a second figure; '' for none")
     p.add_argument("--data", default="digits", help="images to average a data-conditioned sampler's pmf over")
     p.add_argument("--out", default="samplers.png")
