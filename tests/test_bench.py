@@ -416,3 +416,20 @@ def test_flow_bench_refuses_mixed_kinds(tmp_path):
         tiny_settings(tmp_path, schedules=None, objective="flow", methods="uniform")
     with pytest.raises(UserError, match="no noise schedule"):
         tiny_settings(tmp_path, objective="flow", methods="flow-uniform")
+
+
+def test_the_report_leaves_out_records_of_what_a_name_used_to_mean(tmp_path):
+    """A record whose method has since changed its defaults (another fingerprint) is not reported under the
+    name's new meaning, nor is the `-final` cell built from it; records of unchanged methods stay."""
+    settings = tiny_settings(tmp_path / "out", methods="uniform,adaptive", records=str(tmp_path / "rec"))
+    now = {m: bench.method_fingerprint(m, "linear", settings.T) for m in ("uniform", "adaptive")}
+    cells = [("uniform", now["uniform"]), ("adaptive", now["adaptive"] + " (old defaults)"), ("adaptive-final", None)]
+    for method, fingerprint in cells:
+        bench_records.write_record(settings.records, bench.run_name(method, "linear", 0), settings,
+                                   {"method": method, "schedule": "linear", "seed": 0, "fingerprint": fingerprint,
+                                    "evals": [], "sampler": None})
+    notes = []
+    kept = bench.current_records(settings, say=notes.append)
+    assert [r["method"] for r in kept] == ["uniform"]
+    assert notes == ["left out of the report: 2 record(s) made when their method meant something else "
+                     "(adaptive, adaptive-final)"]

@@ -423,13 +423,38 @@ def run_records(cfg, method: str, schedule: str, seed: int) -> list[dict]:
     return records
 
 
+def current_records(settings: BenchSettings, say=None) -> list[dict]:
+    """The records of this grid whose method still trains what its name trains now (its fingerprint), and
+    each `-final` cell whose learned run is among them: a preset whose defaults changed since a record was
+    made names another method, and its old record must not stand in the report under the new meaning."""
+    kept, stale = [], []
+    records = all_records(settings.records, settings)
+    for r in records:
+        if r["method"].endswith(FINAL_SUFFIX):
+            continue
+        try:
+            now = method_fingerprint(r["method"], r["schedule"], settings.T)
+        except UserError:  # a method name that no longer exists
+            now = None
+        (kept if r.get("fingerprint") in (None, now) else stale).append(r)
+    fresh = {(r["method"], r["schedule"], r["seed"]) for r in kept}
+    for r in records:
+        if r["method"].endswith(FINAL_SUFFIX):
+            source = (r["method"][:-len(FINAL_SUFFIX)], r["schedule"], r["seed"])
+            (kept if source in fresh else stale).append(r)
+    if stale and say is not None:
+        say(f"left out of the report: {len(stale)} record(s) made when their method meant something else "
+            f"({', '.join(sorted({r['method'] for r in stale}))})")
+    return kept
+
+
 def density_tracks(settings: BenchSettings) -> dict[tuple[str, str], tuple[int, dict]]:
     """(method, schedule) → (seed, sampler_summary) of the lowest seed whose sampler's density changed (a
     fixed or frozen sampler has no summary), from the records when there are any, else the run folders."""
     found = []
     if settings.records:
         found = [(r["method"], r["schedule"], r["seed"], r["sampler"])
-                 for r in all_records(settings.records, settings) if r.get("sampler")]
+                 for r in current_records(settings) if r.get("sampler")]
     else:
         for method, schedule, seed in settings.grid():
             summary = sampler_summary(Path(settings.out) / "runs" / run_name(method, schedule, seed))
@@ -541,7 +566,7 @@ def run_bench(settings: BenchSettings) -> dict:
                   + (f", FD {_fmt(last.get('fd'), 1)}" if "fd" in last else ""))
     bar.close()
     if settings.records:  # the report covers every recorded run of this grid, not only this invocation's
-        records = [e for r in all_records(settings.records, settings) for e in r["evals"]]
+        records = [e for r in current_records(settings, say=bar.write) for e in r["evals"]]
 
     summary = summarize(records)
     baseline = FLOW_BASELINE if settings.flow else BASELINE
