@@ -27,7 +27,6 @@ def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(special.betaincinv(a, b, v.double().cpu().numpy()), np.float64))
 
 
-
 def draw_beta_mixture(alpha, beta, n: int, generator: torch.Generator, uniform_mix: float = 0.0) -> torch.Tensor:
     """n draws of u (float64, CPU): from Beta(α, β) by the inverse CDF, or, with probability `uniform_mix`,
     from U(0, 1). The mixture takes two more uniforms per draw, and only when it is on, so that without one
@@ -43,8 +42,8 @@ def draw_beta_mixture(alpha, beta, n: int, generator: torch.Generator, uniform_m
 
 class CreditPolicyGradient:
     """Mixin: the policy step and the credit's advantage. The host class holds `policy`, `optimizer`,
-    `entropy_coef`, `grad_clip`, `uniform_mix`, the counters `step`, `updates`, `skipped_updates`, and
-    `_run_policy(policy_input) -> (α, β)`, and `update_every` (K)."""
+    `entropy_coef`, `grad_clip`, `uniform_mix`, `update_every` (K), the counters `step`, `updates`,
+    `skipped_updates`, and `_run_policy(policy_input) -> (α, β)`."""
 
     @property
     def is_update_step(self) -> bool:
