@@ -43,6 +43,7 @@ from .bench_records import all_records, read_record, run_name, write_record
 from .bench_report import _fmt, headline, plot_curves, plot_densities, write_csv, write_report
 from .bench_stats import BASELINE, FLOW_BASELINE, learned_vs_controls, metrics_in, paired_comparison, summarize, time_to_quality
 from .methods import is_flow_method, make_method, method_specs
+from .objectives import OBJECTIVES, make_objective, objective_name
 from .schedule import SCHEDULES, NoiseSchedule
 
 DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2024", "adaptive",
@@ -53,7 +54,6 @@ FLOW_TIME = "flow"
 FLOW_METHODS = ("flow-uniform", "flow-logit-normal", "flow-mode", "flow-cosmap", "flow-beta-0.95", "flow-adaptive",
                 "flow-adaptive-frozen", "flow-adaptive-final")
 FLOW_QUICK_METHODS = ("flow-uniform", "flow-adaptive", "flow-adaptive-frozen")
-OBJECTIVES = ("ddpm", "flow")
 # --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
 # 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds.
 QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
@@ -95,7 +95,7 @@ class BenchSettings:
     @property
     def flow(self) -> bool:
         """Whether the grid trains rectified flow (`objective` may carry options: "flow:final_steps=8")."""
-        return self.objective.partition(":")[0].strip() == "flow"
+        return objective_name(self.objective) == "flow"
 
     @property
     def seed_list(self) -> list[int]:
@@ -117,7 +117,7 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
                   steps: int | None = None, eval_every: int | None = None, **options) -> BenchSettings:
     """Settings from the preset (full or --quick), then the caller's choices; every name is checked."""
     base = dict(QUICK if quick else FULL)
-    if str(options.get("objective") or "").partition(":")[0].strip() == "flow":
+    if objective_name(str(options.get("objective") or "")) == "flow":
         require(schedules is None, "rectified flow has no noise schedule: drop --schedules with --objective flow")
         base.update(methods=FLOW_QUICK_METHODS if quick else FLOW_METHODS, schedules=(FLOW_TIME,))
     chosen = dict(methods=_split_names(methods), schedules=_split_names(schedules), seeds=seeds, steps=steps,
@@ -134,8 +134,8 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
 def validate(settings: BenchSettings) -> None:
     require(len(settings.methods) > 0, "--methods is empty; valid choices: " + ", ".join(DEFAULT_METHODS))
     require(len(settings.schedules) > 0, "--schedules is empty; valid choices: " + ", ".join(SCHEDULES))
-    if settings.objective.partition(":")[0].strip() not in OBJECTIVES:
-        raise unknown_choice("objective", settings.objective, OBJECTIVES)
+    if objective_name(settings.objective) not in OBJECTIVES.names():
+        raise unknown_choice("objective", settings.objective, OBJECTIVES.names())
     flow = settings.flow
     for name in settings.schedules:
         if not (flow and name == FLOW_TIME) and name not in SCHEDULES:
@@ -314,22 +314,22 @@ class Scorer:
 
 def generate(checkpoint: Path, settings: BenchSettings, device) -> torch.Tensor:
     """`fd_samples` samples of a checkpoint's EMA model from the fixed starting noise: DDIM for DDPM, Euler
-    steps of the velocity for rectified flow, `ddim_steps` steps either way."""
+    steps of the run's own flow for rectified flow, `ddim_steps` steps either way."""
     from .evaluate import load_model
-    from .flow import RectifiedFlow
     from .sampling import ddim_sample
 
     model, schedule, cfg, meta = load_model(checkpoint, device)
+    objective = make_objective(cfg, schedule, meta["bins"])
     gen = torch.Generator().manual_seed(settings.sample_seed)
     shape = tuple(meta["data_shape"])
     out, left = [], settings.fd_samples
     while left > 0:
         n = min(SAMPLE_CHUNK, left)
-        if cfg.objective == "ddpm":
-            images = ddim_sample(model, schedule, (n,) + shape, steps=settings.ddim_steps, device=device, generator=gen)
-        else:
+        if objective.continuous:
             noise = torch.randn((n,) + shape, generator=gen).to(device)
-            images = RectifiedFlow().sample(model, noise, settings.ddim_steps).clamp(-1, 1)
+            images = objective.flow.sample(model, noise, settings.ddim_steps).clamp(-1, 1)
+        else:
+            images = ddim_sample(model, schedule, (n,) + shape, steps=settings.ddim_steps, device=device, generator=gen)
         out.append(images.cpu())
         left -= n
     return torch.cat(out)
@@ -340,14 +340,10 @@ def estimate_checkpoint(checkpoint: Path, cfg, device) -> float:
     timesteps, noise and probes), for comparing it with the estimates logged during training."""
     from .data import load_data
     from .evaluate import load_model
-    from .objectives import make_objective
-    from .samplers import make_sampler
 
     model, schedule, _, _ = load_model(checkpoint, device)
     data = load_data(cfg.data)
-    sampler = make_sampler("flow-uniform" if cfg.objective != "ddpm" else "uniform", schedule)
-    objective = make_objective(cfg, schedule, data.bins, sampler)
-    return objective.bpd(model, data.test.to(device), exact=False)
+    return make_objective(cfg, schedule, data.bins).bpd(model, data.test.to(device), exact=False)
 
 
 def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> dict:

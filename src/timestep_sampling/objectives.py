@@ -110,15 +110,20 @@ class FlowObjective:
         return "ode-hutchinson" if exact else "ode-hutchinson-subset"
 
 
-def make_objective(cfg, schedule: NoiseSchedule, bins: int, sampler):
-    """The trainer's objective from `cfg.objective`, checked against the sampler's kind of time."""
-    name = cfg.objective.partition(":")[0].strip()
-    if name == "ddpm":
+def objective_name(spec: str) -> str:
+    """The objective's name in a spec string: "flow" for "flow:sample_steps=20"."""
+    return spec.partition(":")[0].strip()
+
+
+def make_objective(cfg, schedule: NoiseSchedule, bins: int, sampler=None):
+    """The trainer's objective from `cfg.objective`, checked against the sampler's kind of time when one is
+    given (a checkpoint scored or sampled later has no sampler to check)."""
+    if objective_name(cfg.objective) == "ddpm":
         require(cfg.objective.strip() == "ddpm", f"objective 'ddpm' takes no options, got {cfg.objective!r}")
         objective = DDPMObjective(schedule, bins, cfg.variance, cfg.eval_exact_below, cfg.eval_strata)
     else:
         objective = OBJECTIVES.make(cfg.objective, schedule, bins=bins)
-    if sampler.continuous != objective.continuous:
+    if sampler is not None and sampler.continuous != objective.continuous:
         if objective.continuous:
             raise UserError(f"objective {cfg.objective!r} needs a sampler of continuous t in (0, 1); got "
                             f"{sampler!r}; use a flow method, e.g. --method flow-logit-normal")
