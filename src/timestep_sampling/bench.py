@@ -69,6 +69,7 @@ class BenchSettings:
     methods: tuple[str, ...] = DEFAULT_METHODS
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES
     seeds: int = 3
+    only_seeds: tuple[int, ...] | None = None  # run just these seeds (to split one method's seeds across processes)
     steps: int = 3000
     eval_every: int = 500
     data: str = "digits"
@@ -99,7 +100,7 @@ class BenchSettings:
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds))
+        return list(self.only_seeds) if self.only_seeds is not None else list(range(self.seeds))
 
     def grid(self) -> list[tuple[str, str, int]]:
         return [(m, s, seed) for s in self.schedules for m in self.methods for seed in self.seed_list]
@@ -151,6 +152,9 @@ def validate(settings: BenchSettings) -> None:
     overrides = sorted({"sampler", "weighting", "method"} & set(settings.extra))
     require(not overrides, f"bench settings cannot override {', '.join(overrides)}; name the pair as a method "
                            f"instead, e.g. 'speed+min-snr:gamma=5'")
+    if settings.only_seeds is not None:
+        require(len(settings.only_seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in settings.only_seeds),
+                f"--only-seeds takes seeds >= 0, e.g. 2 or 0,2; got {settings.only_seeds!r}")
     for name in ("seeds", "steps", "eval_every", "fd_samples", "ddim_steps", "batch_size", "T", "eval_strata"):
         require(getattr(settings, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")

@@ -177,11 +177,20 @@ def _add_analyze_parser(sub) -> None:
     p.set_defaults(func=_analyze_sampler_density)
 
 
+def _seed_list(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(dict.fromkeys(int(v) for v in value.split(",") if v.strip()))
+    except ValueError:
+        raise UserError(f"--only-seeds takes comma-separated integers, e.g. 0,2; got {value!r}") from None
+
+
 def _bench(args) -> None:
     from .bench import make_settings, run_bench
 
     settings = make_settings(args.out, quick=args.quick, methods=args.methods, schedules=args.schedules,
-                             seeds=args.seeds, steps=args.steps, eval_every=args.eval_every, data=args.data,
+                             seeds=args.seeds, only_seeds=_seed_list(args.only_seeds), steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
                              records=args.records, objective=args.objective,
@@ -203,6 +212,8 @@ def _add_bench_parser(sub) -> None:
                                      "speed, speed-2024, adaptive, adaptive-min-snr, adaptive-frozen, beta-0.95)")
     p.add_argument("--schedules", help="comma-separated noise schedules (default linear,cosine,quad)")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 per method and schedule (default 3)")
+    p.add_argument("--only-seeds", help="just these seeds, e.g. 2 or 0,2 (to split a method's seeds across processes "
+                                        "that share --records)")
     p.add_argument("--steps", type=int, help="training steps per run (default 3000)")
     p.add_argument("--eval-every", type=int, help="checkpoint, bits/dim and FD every N steps (default 500, --quick "
                                                   "200; with only --steps, as many checkpoints as the preset)")

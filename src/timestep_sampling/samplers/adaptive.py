@@ -69,7 +69,7 @@ from .base import SAMPLERS, TimestepSampler
 from .credit import BoundOptions, eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
-from .policy_gradient import CreditPolicyGradient, draw_beta_mixture
+from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
 MAPPINGS = ("round", "even")
 REWARDS = ("credit", "paper")
@@ -160,7 +160,7 @@ def _nonnegative(value, name: str) -> float:
 
 
 @SAMPLERS.register("adaptive")
-class AdaptiveSampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
+class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, TimestepSampler):
     """Kim et al.'s learned sampler. Use it around the optimiser step of any training loop:
 
         t, w = sampler.sample(x0.shape[0], x0.device, x0=x0)

@@ -29,7 +29,7 @@ from .continuous import EPS, ContinuousTimeSampler
 from .credit import flow_first_order_credit
 from .fixed import check_batch_size, check_real
 from .policy import GlobalPolicy
-from .policy_gradient import CreditPolicyGradient, draw_beta_mixture
+from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
 _FALLBACK, _CREDIT = range(2)  # independent random streams, each from (seed, stream, rank, index)
 
@@ -41,7 +41,7 @@ def _count(value, name: str, minimum: int = 1) -> int:
 
 
 @SAMPLERS.register("flow-adaptive")
-class FlowAdaptiveSampler(CreditPolicyGradient, ContinuousTimeSampler):
+class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeSampler):
     """A learned Beta over t for rectified flow. In a training loop:
 
         t, w = sampler.sample(len(x0), device)

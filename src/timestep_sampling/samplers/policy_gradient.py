@@ -42,8 +42,9 @@ def draw_beta_mixture(alpha, beta, n: int, generator: torch.Generator, uniform_m
 
 class CreditPolicyGradient:
     """Mixin: the policy step and the credit's advantage. The host class holds `policy`, `optimizer`,
-    `entropy_coef`, `grad_clip`, `uniform_mix`, `update_every` (K), the counters `step`, `updates`,
-    `skipped_updates`, and `_run_policy(policy_input) -> (α, β)`."""
+    `entropy_coef`, `grad_clip`, `update_every` (K), the counters `step`, `updates`, `skipped_updates`,
+    and `_policy_terms(policy_input, draws) -> (log π(draws), entropy, {statistic: scalar tensor})`
+    (BetaPolicyTerms for a Beta; band_policy.py for a softmax over bands of t)."""
 
     @property
     def is_update_step(self) -> bool:
@@ -69,31 +70,24 @@ class CreditPolicyGradient:
     def _policy_step(self, policy_input, u: torch.Tensor, advantage: torch.Tensor,
                      finite: bool) -> tuple[dict, bool]:
         """loss = −mean_b log π(u_b | x0_b) A_b − c_ent mean_b H_b; gradients and diagnostics are averaged over
-        ranks in one all-reduce, then clipped; one Adam step unless anything is non-finite."""
+        ranks in one all-reduce, then clipped; one optimiser step unless anything is non-finite. The host's
+        `_policy_terms(policy_input, u)` gives the log-probabilities, the entropy and its own statistics."""
         params = list(self.policy.parameters())
         device = params[0].device
-        alpha, beta = (v.double() for v in self._run_policy(policy_input))
-        policy = torch.distributions.Beta(alpha, beta, validate_args=False)
-        log_prob, entropy = policy.log_prob(u.to(device)), policy.entropy()
-        if self.uniform_mix:  # the draw's density is the mixture's: m + (1 − m)·Beta(u)
-            log_prob = torch.logaddexp(torch.tensor(math.log(self.uniform_mix), dtype=log_prob.dtype, device=device),
-                                       math.log1p(-self.uniform_mix) + log_prob)
+        log_prob, entropy, extra = self._policy_terms(policy_input, u)
         advantage = advantage.to(device)
         loss = -(log_prob * advantage).mean() - self.entropy_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
 
         bad = not (finite and bool(torch.isfinite(advantage).all()) and bool(torch.isfinite(loss)))
+        names = ("reward_mean", "policy_loss", "entropy", *extra)
         diagnostics = torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), advantage.mean(),
-                                   loss, entropy.mean(), alpha.mean(), (alpha ** 2).mean(), beta.mean(),
-                                   (beta ** 2).mean()]).detach()
+                                   loss, entropy.mean(), *extra.values()]).detach().double()
         flat = torch.cat([p.grad.flatten().double() for p in params] + [diagnostics])
         distributed.all_reduce_mean_(flat)  # one collective for the gradient and every statistic
         grads, diagnostics = flat[:-len(diagnostics)], flat[-len(diagnostics):]
-        stats = dict(zip(("reward_mean", "policy_loss", "entropy", "alpha_mean", "alpha_sq", "beta_mean", "beta_sq"),
-                         diagnostics[1:].tolist()))
-        stats["alpha_std"] = math.sqrt(max(stats.pop("alpha_sq") - stats["alpha_mean"] ** 2, 0.0))
-        stats["beta_std"] = math.sqrt(max(stats.pop("beta_sq") - stats["beta_mean"] ** 2, 0.0))
+        stats = self._summarise(dict(zip(names, diagnostics[1:].tolist())))
         if diagnostics[0] > 0 or not bool(torch.isfinite(grads).all()):
             self.optimizer.zero_grad(set_to_none=False)
             return stats, False
@@ -107,3 +101,29 @@ class CreditPolicyGradient:
         self.optimizer.zero_grad(set_to_none=False)
         self._pmf_cache = self._ab_cache = None
         return stats, True
+
+    def _summarise(self, stats: dict) -> dict:
+        """The rank-averaged statistics as logged (a hook)."""
+        return stats
+
+
+class BetaPolicyTerms:
+    """Mixin: `_policy_terms` for a Beta policy (`_run_policy(policy_input) -> (α, β)`), with the uniform
+    floor `uniform_mix` in the density, and the batch's α and β (mean, std) as statistics."""
+
+    def _policy_terms(self, policy_input, u: torch.Tensor):
+        alpha, beta = (v.double() for v in self._run_policy(policy_input))
+        policy = torch.distributions.Beta(alpha, beta, validate_args=False)
+        log_prob, entropy = policy.log_prob(u.to(alpha.device)), policy.entropy()
+        if self.uniform_mix:  # the draw's density is the mixture's: m + (1 − m)·Beta(u)
+            log_prob = torch.logaddexp(torch.tensor(math.log(self.uniform_mix), dtype=log_prob.dtype,
+                                                    device=alpha.device),
+                                       math.log1p(-self.uniform_mix) + log_prob)
+        extra = {"alpha_mean": alpha.mean(), "alpha_sq": (alpha ** 2).mean(),
+                 "beta_mean": beta.mean(), "beta_sq": (beta ** 2).mean()}
+        return log_prob, entropy, extra
+
+    def _summarise(self, stats: dict) -> dict:
+        stats["alpha_std"] = math.sqrt(max(stats.pop("alpha_sq") - stats["alpha_mean"] ** 2, 0.0))
+        stats["beta_std"] = math.sqrt(max(stats.pop("beta_sq") - stats["beta_mean"] ** 2, 0.0))
+        return stats

@@ -1,0 +1,180 @@
+"""A learned sampler whose policy is a softmax over bands of t, trained by the same credit and policy
+gradient as the adaptive sampler's Beta (adaptive.py, policy_gradient.py).
+
+Why not a Beta. The first-order credit over t is not monotone: on a uniform-trained digits model (linear)
+it is strongly positive below t ≈ 100, negative from 100 to 400 and slightly positive above 600
+(docs/analysis/reward_signal_linear.json). A Beta has two numbers to answer that with; its gradient is
+the credit's covariance with log u and log(1 − u), which early noise can tip either way, and the
+credit then grows wherever the Beta has put the training (docs/analysis/credit_by_t.json): on one seed
+of three it ended at large t, worse than uniform. Bands give each region of t its own logit, moved by
+its own samples' credit, so one region's noise does not move another's mass.
+
+    π_k    = softmax(θ_k + log w_k)           w_k the width of band k (log-spaced, one timestep wide at small t)
+    p(t)   = (1 − m) · π_k(t) / w_k(t) + m / T   uniform inside a band; m the uniform floor
+    loss   = −mean_b[ log p(t_b) A_b ] − c_ent · H(p)     A_b the credit standardised over the batch
+
+θ = 0 is the uniform sampler, so the frozen copy (lr = 0) is uniform itself. H(p) is the entropy over
+all T timesteps: the bonus is a KL pull toward uniform, log T − H(p) = KL(p ‖ U).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed
+from ..bound import log_strata
+from ..devices import check_device
+from ..errors import require
+from ..schedule import NoiseSchedule
+from .base import SAMPLERS, TimestepSampler
+from .credit import BoundOptions, first_order_credit
+from .fixed import check_batch_size
+from .loss_aware import check_fraction, check_int
+from .policy_gradient import CreditPolicyGradient
+
+_FALLBACK, _BATCH_NOISE = 0, 1  # the sampler's own random streams
+
+
+class BandLogits(nn.Module):
+    """θ, one logit per band, starting at 0 (the uniform sampler)."""
+
+    def __init__(self, bands: int):
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(bands, dtype=torch.float64))
+
+
+def _real(name: str, value, minimum: float = 0.0) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+    require(ok, f"option {name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+@SAMPLERS.register("adaptive-bands")
+class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
+    """Options: bands (50 log-spaced, fewer where one would be under a timestep wide), lr (Adam on θ, 5e-2;
+    0 freezes it at uniform), update_every K (20), entropy_coef c_ent (0.1), uniform_mix m (0.3),
+    grad_clip (None), credit_strata and credit_delta as the adaptive sampler's, bins and variance of
+    the bound, seed. Use it as the adaptive sampler: `sample()`, then `with sampler.observe(model, x0,
+    optimizer=opt): ...step...`."""
+
+    name = "adaptive-bands"
+
+    def __init__(self, schedule: NoiseSchedule, bands: int = 50, lr: float = 5e-2, update_every: int = 20,
+                 entropy_coef: float = 0.1, uniform_mix: float = 0.3, grad_clip: float | None = None,
+                 credit_strata: int = 64, credit_delta: float = 1e-3, bins: int = 256,
+                 variance: str = "fixed-large", seed: int = 0, unbiased: bool = False):
+        super().__init__(schedule, unbiased)
+        check_int("bands", bands, 1, self.T)
+        self.edges = torch.tensor(log_strata(self.T, 0, bands))
+        widths = (self.edges[1:] - self.edges[:-1]).double()
+        self.width, self.log_width = widths, widths.log()
+        self.band_of_t = torch.bucketize(torch.arange(self.T), self.edges[1:], right=True)
+        self.lr = _real("lr", lr)
+        self.update_every = check_int("update_every", update_every, 1)
+        self.entropy_coef = _real("entropy_coef", entropy_coef)
+        self.uniform_mix = check_fraction("uniform_mix", uniform_mix)
+        require(self.uniform_mix < 1, "option uniform_mix must be below 1: the policy needs some of the draws")
+        self.grad_clip = None if grad_clip is None else _real("grad_clip", grad_clip)
+        self.credit_strata = check_int("credit_strata", credit_strata, 1)
+        require(_real("credit_delta", credit_delta) > 0, f"option credit_delta must be > 0, got {credit_delta!r}")
+        self.credit_delta = float(credit_delta)
+        self.configure_bound(bins, variance)
+        self.seed = check_int("seed", seed, 0)
+        self.policy = BandLogits(len(widths))
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
+        self.step = self.updates = self.skipped_updates = self.draws = 0
+        self.last_stats: dict | None = None
+        self.last_rewards: torch.Tensor | None = None
+        self._last_t: torch.Tensor | None = None
+        self._pmf_cache = self._ab_cache = None
+
+    # ------------------------------------------------------------------------------------------------
+    # The distribution
+
+    def _pmf(self) -> torch.Tensor:
+        """p(t) over all T timesteps, differentiable in θ."""
+        band = torch.softmax(self.policy.theta + self.log_width, 0)
+        per_t = band.index_select(0, self.band_of_t) / self.width.index_select(0, self.band_of_t)
+        return (1 - self.uniform_mix) * per_t + self.uniform_mix / self.T
+
+    def probabilities(self) -> torch.Tensor:
+        if self._pmf_cache is None or self._pmf_cache[0] != self.updates:
+            with torch.no_grad():
+                self._pmf_cache = (self.updates, self._pmf().detach().cpu())
+        return self._pmf_cache[1]
+
+    def _policy_terms(self, policy_input, t: torch.Tensor):
+        p = self._pmf()
+        log_p = p.log()
+        entropy = -(p * log_p).sum()
+        mass = p[:20].sum() if self.T > 20 else p.sum()
+        return log_p.index_select(0, t.long().cpu()), entropy, {"mass_t_below_20": mass.detach(),
+                                                                "mean_t": (p * torch.arange(self.T)).sum().detach()}
+
+    # ------------------------------------------------------------------------------------------------
+    # Sampling and learning
+
+    def _stream(self, stream: int, rank: int, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, index, stream, rank]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def sample(self, batch_size, device=None, generator=None, x0=None):
+        """t by the inverse CDF of p from `generator`, or from the sampler's own stream for (seed, rank,
+        call): a counter rather than a generator's state, so a checkpoint resumes every rank's stream."""
+        check_batch_size(batch_size)
+        device = check_device(device)
+        if generator is None:
+            generator = self._stream(_FALLBACK, distributed.rank(), self.draws)
+            self.draws += 1
+        v = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64).cpu()
+        cdf = self.probabilities().cumsum(0)
+        t = torch.searchsorted(cdf, v * cdf[-1], right=True).clamp(max=self.T - 1)
+        self._last_t = t
+        return t.to(device), self.importance_weights(t).to(device)
+
+    @contextlib.contextmanager
+    def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
+        """Around one optimiser step: every K-th step scores each sample's credit before the step and
+        takes one policy-gradient step after it. If the body raises, nothing is updated or counted."""
+        if not self.is_update_step:
+            yield
+            self.step += 1
+            return
+        t = self._last_t
+        require(t is not None and len(t) == len(x0),
+                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        self._last_t = None
+        credit = first_order_credit(model, self.schedule, x0.detach(), t.to(x0.device), optimizer,
+                                    generator=self._stream(_BATCH_NOISE, distributed.rank(), self.updates),
+                                    strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
+                                    variance=self.variance)
+        yield
+        self._learn_from_credit(None, t, credit.cpu())
+        self.step += 1
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def state_dict(self) -> dict:
+        return {"theta": self.policy.theta.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "edges": self.edges.clone(), "step": self.step, "updates": self.updates,
+                "skipped_updates": self.skipped_updates, "draws": self.draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        require(torch.equal(state["edges"], self.edges),
+                "the checkpoint's adaptive-bands sampler used other bands: use the same T and bands")
+        with torch.no_grad():
+            self.policy.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.updates = int(state["step"]), int(state["updates"])
+        self.skipped_updates, self.draws = int(state["skipped_updates"]), int(state["draws"])
+        self._last_t, self._pmf_cache = None, None
+
+    def __repr__(self) -> str:
+        return (f"BandPolicySampler(T={self.T}, bands={len(self.log_width)}, lr={self.lr}, K={self.update_every}, "
+                f"entropy_coef={self.entropy_coef}, uniform_mix={self.uniform_mix}, "
+                f"credit_strata={self.credit_strata})")
