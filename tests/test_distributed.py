@@ -32,6 +32,7 @@ make_unet(8, 1)  # imports diffusers (seconds) here, once, so that the forked ra
 SAMPLERS = {"uniform": "uniform", "loss-second-moment": "loss-second-moment:history=1",
             "adaptive": "adaptive:update_every=5", "adaptive-paper": "adaptive:reward=paper,update_every=5",
             "credit-proportional": "credit-proportional:update_every=5",
+            "adaptive-bands": "adaptive-bands:update_every=5",
             "flow-adaptive": "flow-adaptive:update_every=5"}
 # a flow run with an evaluation too cheap to matter (there is none: eval_every=0) and its own objective
 OBJECTIVE = {"flow-adaptive": "flow:eval_images=4,eval_steps=1,final_steps=1"}
@@ -124,6 +125,7 @@ def loss_steps(out):
                                      pytest.param("loss-second-moment", marks=pytest.mark.slow), "adaptive",
                                      pytest.param("adaptive-paper", marks=pytest.mark.slow),
                                      pytest.param("credit-proportional", marks=pytest.mark.slow),
+                                     pytest.param("adaptive-bands", marks=pytest.mark.slow),
                                      pytest.param("flow-adaptive", marks=pytest.mark.slow)])
 def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
     extra = {"objective": OBJECTIVE[sampler], "method": "flow-uniform"} if sampler in OBJECTIVE else {}
@@ -134,7 +136,10 @@ def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
         assert_identical(a[key], b[key], key)
     assert_identical(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
     assert_identical(a["sampler"], b["sampler"], "sampler")
-    if "adaptive" in sampler:  # 3 updates (observe steps 0, 5, 10), the same policy on both ranks
+    if sampler == "adaptive-bands":  # 3 policy steps on the credits of both ranks, the same logits on both
+        assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
+        assert a["sampler"]["theta"].abs().max() > 0
+    elif "adaptive" in sampler:  # 3 updates (observe steps 0, 5, 10), the same policy on both ranks
         assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
         assert not torch.equal(a["sampler"]["policy"]["raw"], a["loaded"]["sampler"]["policy"]["raw"])  # it learnt
     if sampler == "credit-proportional":  # the credits of both ranks went into one set of band means
