@@ -69,3 +69,30 @@ def test_observe_needs_the_batch_it_drew_for():
     with pytest.raises(UserError):
         with sampler.observe(model, x0):
             pass
+
+
+def test_its_final_density_frozen_from_step_0_is_the_density_it_logged(tmp_path):
+    """bench's adaptive-bands-final: the logits recovered from the logged density (p(t)·T, 3 digits) give
+    back that density, frozen (lr = 0)."""
+    import json
+
+    from timestep_sampling import bench
+    from timestep_sampling import train as train_module
+    from timestep_sampling.bench_records import run_name
+
+    learned = BandPolicySampler(NoiseSchedule("linear", T=100))  # the preset's bands
+    with torch.no_grad():
+        learned.policy.theta.copy_(torch.linspace(2.0, -4.0, len(learned.width)))
+    learned._pmf_cache = None
+    logged = [float(f"{v * 100:.3g}") for v in learned.probabilities().tolist()]
+    settings = bench.make_settings(tmp_path, methods="uniform", T=100)
+    folder = tmp_path / "runs" / run_name("adaptive-bands", "linear", 0)
+    folder.mkdir(parents=True)
+    densities = [{"step": 0, "density": [0.01] * 100}, {"step": 5, "density": [v / 100 for v in logged]}]
+    (folder / train_module.DENSITY_LOG).write_text("".join(json.dumps(d) + "\n" for d in densities))
+    (folder / "metrics.jsonl").write_text("")
+    spec = bench.frozen_final_method(settings, "adaptive-bands-final", "linear", 0)
+    assert spec.startswith("adaptive-bands:lr=0,theta=") and spec.endswith("+none")
+    frozen, _ = make_method(spec, NoiseSchedule("linear", T=100))
+    assert frozen.lr == 0
+    assert (frozen.probabilities() - learned.probabilities()).abs().sum().item() / 2 < 1e-3

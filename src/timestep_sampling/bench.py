@@ -207,12 +207,24 @@ def frozen_final_method(settings: BenchSettings, method: str, schedule: str, see
     name = run_name(source, schedule, seed)
     kept = read_record(settings.records, name, settings) if settings.records else None
     summary = kept["sampler"] if kept else sampler_summary(Path(settings.out) / "runs" / name)
+    if summary and make_method(source, NoiseSchedule("linear", T=settings.T))[0].name == "adaptive-bands":
+        return _frozen_bands(source, summary, settings)
     if not summary or summary.get("alpha") is None:
         raise UserError(f"{method} needs the final Beta of a finished {source!r} run ({name}) with a global "
                         f"policy; run {source} first (put it before {method} in --methods)")
     if is_flow_method(source):
         return f"flow-beta:a={summary['alpha']:.6g},b={summary['beta']:.6g}+flow-none"
     return f"beta:a={summary['alpha']:.6g},b={summary['beta']:.6g}+none"
+
+
+def _frozen_bands(source: str, summary: dict, settings: BenchSettings) -> str:
+    """The band policy at its final density, frozen (lr = 0): its logits recovered from the logged density."""
+    from .samplers.band_policy import logits_from_density
+
+    sampler = make_method(source, NoiseSchedule("linear", T=settings.T))[0]
+    theta = logits_from_density(summary["density"][-1], sampler.edges, sampler.uniform_mix)
+    spec, weighting = method_specs(source)
+    return f"{spec}{',' if ':' in spec else ':'}lr=0,theta={';'.join(f'{x:.4f}' for x in theta.tolist())}+{weighting}"
 
 
 def sampler_summary(folder: Path) -> dict | None:

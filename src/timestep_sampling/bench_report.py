@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .bench_records import run_name
-from .bench_stats import BASELINE, CONTROLS, FLOW_BASELINE, FLOW_CONTROLS, metrics_in
+from .bench_stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, metrics_in
 
 if TYPE_CHECKING:
     from .bench import BenchSettings
@@ -211,7 +211,9 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     quality = [m for m in ("fd", "fid") if m in metrics]
     s = settings
     flow = s.flow
-    baseline, learned_controls = (FLOW_BASELINE, FLOW_CONTROLS) if flow else (BASELINE, CONTROLS)
+    baseline = FLOW_BASELINE if flow else BASELINE
+    learned_controls = sorted({c for learned, cs in LEARNED_CONTROLS.items() if (learned == FLOW_LEARNED) == flow
+                               for c in cs})
     if flow:
         bpd_line = ("- **Test bits/dim**: the likelihood of the probability-flow ODE (RK4, Hutchinson's trace, data "
                     "dequantised over their levels) on the first test images at every checkpoint"
@@ -281,7 +283,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]
     lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
-              f"Δ = {'flow-adaptive' if flow else 'adaptive'} − control, same seed. A gain that a control shares is "
+              "Δ = learned sampler (method) − control (vs), same seed. A gain that a control shares is "
               "not learning.", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "",

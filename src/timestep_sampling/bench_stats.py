@@ -153,20 +153,23 @@ def paired_comparison(records: list[dict], metric: str, baseline: str = BASELINE
 
 
 
-# The learned sampler is judged against what could explain its gain without learning: its own policy frozen
-# at the start, a fixed Beta, its final Beta fixed from step 0, the credit without a policy, the paper's reward.
+# Each learned sampler is judged against what could explain its gain without learning: its own policy
+# frozen at the start, a fixed Beta, its final distribution fixed from step 0, the credit without a policy,
+# the paper's reward. adaptive-bands starts uniform, so its frozen copy IS uniform.
 LEARNED = "adaptive"
 CONTROLS = ("adaptive-frozen", "beta-0.95", "adaptive-final", "credit-proportional", "adaptive-paper")
-
+BANDS_CONTROLS = ("uniform", "beta-0.95", "adaptive-bands-final", "credit-proportional", "adaptive-paper", "adaptive")
 
 # The same for rectified flow: the learned Beta on t against its frozen start, a fixed Beta and its own end.
 FLOW_LEARNED = "flow-adaptive"
 FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
 
+LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, FLOW_LEARNED: FLOW_CONTROLS}
+
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
     """Paired rows of each learned sampler present against each of its controls present (Δ = learned −
     control)."""
-    return [row for learned, controls in ((LEARNED, CONTROLS), (FLOW_LEARNED, FLOW_CONTROLS))
+    return [row for learned, controls in LEARNED_CONTROLS.items()
             for control in controls for row in paired_comparison(records, metric, baseline=control)
             if row["method"] == learned]

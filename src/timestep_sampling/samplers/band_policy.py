@@ -53,12 +53,39 @@ def _real(name: str, value, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _logits(value, bands: int) -> torch.Tensor:
+    """θ from a sequence or a ';'-separated string (a spec string cannot hold a list: its commas split options)."""
+    try:
+        items = value.split(";") if isinstance(value, str) else list(value)
+        theta = torch.tensor([float(v) for v in items], dtype=torch.float64)
+    except (TypeError, ValueError):
+        theta = None
+    require(theta is not None and theta.shape == (bands,) and bool(torch.isfinite(theta).all()),
+            f"option theta must hold {bands} finite logits, one per band (';'-separated in a spec), got {value!r}")
+    return theta
+
+
+def logits_from_density(density, edges: torch.Tensor, uniform_mix: float) -> torch.Tensor:
+    """The band logits θ of a density over t (p(t)·T, as the trainer logs it): the inverse of p(t) =
+    (1 − m) π_k(t)/w_k(t) + m/T. Bands the floor alone explains get the smallest logit seen."""
+    p = torch.as_tensor(density, dtype=torch.float64)
+    p = p / p.sum()
+    T, widths = len(p), (edges[1:] - edges[:-1]).double()
+    band = torch.stack([p[a:b].sum() for a, b in zip(edges[:-1].tolist(), edges[1:].tolist())])
+    policy = (band - uniform_mix * widths / T).clamp(min=0) / (1 - uniform_mix)
+    theta = torch.full_like(policy, -math.inf)
+    theta[policy > 0] = (policy[policy > 0] / widths[policy > 0]).log()
+    finite = torch.isfinite(theta)
+    theta[~finite] = theta[finite].min() if finite.any() else 0.0
+    return theta - theta.max()
+
+
 @SAMPLERS.register("adaptive-bands")
 class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     """Options: bands (50 log-spaced, fewer where one would be under a timestep wide), lr (Adam on θ, 5e-2;
     0 freezes it at uniform), update_every K (20), entropy_coef c_ent (0.1), uniform_mix m (0.3),
     grad_clip (None), credit_strata and credit_delta as the adaptive sampler's, bins and variance of
-    the bound, seed. Use it as the adaptive sampler: `sample()`, then `with sampler.observe(model, x0,
+    the bound, seed, theta (the starting logits; default 0 = uniform). Use it as the adaptive sampler: `sample()`, then `with sampler.observe(model, x0,
     optimizer=opt): ...step...`."""
 
     name = "adaptive-bands"
@@ -66,7 +93,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     def __init__(self, schedule: NoiseSchedule, bands: int = 50, lr: float = 5e-2, update_every: int = 20,
                  entropy_coef: float = 0.1, uniform_mix: float = 0.3, grad_clip: float | None = None,
                  credit_strata: int = 64, credit_delta: float = 1e-3, bins: int = 256,
-                 variance: str = "fixed-large", seed: int = 0, unbiased: bool = False):
+                 variance: str = "fixed-large", seed: int = 0, unbiased: bool = False, theta=None):
         super().__init__(schedule, unbiased)
         check_int("bands", bands, 1, self.T)
         self.edges = torch.tensor(log_strata(self.T, 0, bands))
@@ -85,6 +112,9 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         self.configure_bound(bins, variance)
         self.seed = check_int("seed", seed, 0)
         self.policy = BandLogits(len(widths))
+        if theta is not None:
+            with torch.no_grad():
+                self.policy.theta.copy_(_logits(theta, len(widths)))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.lr)
         self.step = self.updates = self.skipped_updates = self.draws = 0
         self.last_stats: dict | None = None
