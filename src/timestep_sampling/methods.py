@@ -37,7 +37,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "credit-proportional": ("credit-proportional", "none"),
     # the same credit and policy gradient on a softmax over log-spaced bands of t (samplers/band_policy.py);
     # its frozen copy is the uniform sampler itself
-    "adaptive-bands": ("adaptive-bands", "none"),  # the same credit without a policy gradient
+    "adaptive-bands": ("adaptive-bands", "none"),
+    "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce", "none"),  # per-sample estimator, Adam  # the same credit without a policy gradient
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
