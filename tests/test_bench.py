@@ -433,3 +433,25 @@ def test_the_report_leaves_out_records_of_what_a_name_used_to_mean(tmp_path):
     assert [r["method"] for r in kept] == ["uniform"]
     assert notes == ["left out of the report: 2 record(s) made when their method meant something else "
                      "(adaptive, adaptive-final)"]
+
+
+def test_a_run_folder_trained_when_its_method_meant_something_else_is_not_reused(tmp_path):
+    """A preset whose defaults changed trains another sampler: its old, finished folder must not be taken
+    for the new method's run."""
+    from timestep_sampling.config import make_config
+
+    cfg = make_config(out=str(tmp_path / "run"), method="adaptive-bands", steps=3, T=50, device="cpu")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "run" / "bench.json").write_text(json.dumps({"fingerprint": "BandPolicySampler(old) + none"}))
+    assert bench.run_state(cfg, "BandPolicySampler(old) + none") == "new"
+    with pytest.raises(UserError, match="meant BandPolicySampler\\(old\\)"):
+        bench.run_state(cfg, "BandPolicySampler(new) + none")
+    assert bench.run_state(cfg) == "new"  # a -final cell: its spec (in config.json) says what it trains
+
+
+def test_only_seeds_runs_just_those_seeds(tmp_path, capsys):
+    settings = bench.make_settings(tmp_path, methods="uniform", schedules="linear", only_seeds=(2, 0))
+    assert settings.seed_list == [2, 0] and [c[2] for c in settings.grid()] == [2, 0]
+    assert main(["bench", "--out", str(tmp_path / "b"), "--only-seeds", "two"]) == 2
+    assert "--only-seeds takes comma-separated integers" in capsys.readouterr().err

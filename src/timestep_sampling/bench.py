@@ -281,12 +281,17 @@ IGNORED_KEYS = ("out", "device")  # a run folder may move, and a run may resume 
 LEGACY_SETTINGS = {"objective": "ddpm"}
 
 
-def run_state(cfg) -> str:
-    """"finished", "partial" (resume it), or "new". A folder made with other settings is a UserError."""
+def run_state(cfg, fingerprint: str | None = None) -> str:
+    """"finished", "partial" (resume it), or "new". A folder made with other settings, or trained when its
+    method's name meant something else (its fingerprint), is a UserError."""
     folder = Path(cfg.out)
     old = _read_json(folder / "config.json", None)
     if old is None:
         return "new"
+    trained = _read_json(folder / "bench.json", {}).get("fingerprint")
+    if fingerprint is not None and trained is not None and trained != fingerprint:
+        raise UserError(f"run folder {str(folder)!r} was trained when {cfg.method!r} meant {trained}; it now means "
+                        f"{fingerprint}: use another --out or delete that folder")
     new = cfg.to_dict()
     old = {**LEGACY_SETTINGS, **old}
     differ = [k for k in new if k not in IGNORED_KEYS and old.get(k) != new[k]]
@@ -299,15 +304,15 @@ def run_state(cfg) -> str:
     return "partial" if latest_checkpoint(folder / "checkpoints") is not None else "new"
 
 
-def train_run(cfg) -> str:
+def train_run(cfg, fingerprint: str | None = None) -> str:
     """Train one grid cell unless it is finished; returns "skipped", "trained" or "resumed"."""
-    state = run_state(cfg)
+    state = run_state(cfg, fingerprint)
     if state == "finished":
         return "skipped"
     folder = Path(cfg.out)
     folder.mkdir(parents=True, exist_ok=True)
-    if state == "new":
-        (folder / "bench.json").unlink(missing_ok=True)  # scores of an earlier attempt are not this run's
+    if state == "new":  # scores of an earlier attempt are not this run's; what the method means now is
+        _write_json(folder / "bench.json", {} if fingerprint is None else {"fingerprint": fingerprint})
     with open(folder / "train.log", "a") as log, redirect_stdout(log):  # the trainer's lines go to the log
         train_module.train(cfg, resume=state == "partial", progress=False)
     return "resumed" if state == "partial" else "trained"
@@ -528,7 +533,7 @@ def run_bench(settings: BenchSettings) -> dict:
         recorded = settings.records and read_record(settings.records, run_name(*cell), settings,
                                                     method_fingerprint(cell[0], cell[1], settings.T))
         if not cell[0].endswith(FINAL_SUFFIX) and not recorded:
-            run_state(run_config(settings, *cell))  # fail on a mismatched folder before any work
+            run_state(run_config(settings, *cell), method_fingerprint(cell[0], cell[1], settings.T))  # fail early
     scorers, classifier = build_scorers(settings, device, out)
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0}
     method_costs: dict[str, dict] = {m: {"trained": 0, "rate": [], "run_seconds": []} for m in settings.methods}
@@ -547,7 +552,7 @@ def run_bench(settings: BenchSettings) -> dict:
             continue
         cfg = run_config(settings, method, schedule, seed)
         start = time.perf_counter()
-        outcome = train_run(cfg)
+        outcome = train_run(cfg, fingerprint)
         counts[outcome] += 1
         elapsed = time.perf_counter() - start
         metrics = _read_jsonl(Path(cfg.out) / "metrics.jsonl")
