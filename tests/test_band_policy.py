@@ -27,9 +27,9 @@ def test_it_starts_uniform_and_draws_from_the_distribution_it_reports():
 
 
 # Constructed problem (test_credit.band_problem: only t in [10, 40) of T = 100 can lower the bound, 30% of
-# the timesteps). Measured (20 bands): critic 0.30 → 0.38 / 0.50 / 0.52 after 10 / 50 / 100 updates (its fixed
-# point at c_ent = 0.5); reinforce 0.36 / 0.72 / 0.78; the global Beta 0.47 / 0.57 after 50 / 100 (test_credit.py).
-@pytest.mark.parametrize("estimator, reached", [("critic", 0.45), ("reinforce", 0.6)])
+# the timesteps). Measured (20 bands): critic 0.30 → 0.43 / 0.59 / 0.60 after 10 / 50 / 100 updates (its fixed
+# point at c_ent = 0.5; without the probes 0.38 / 0.50 / 0.52); reinforce 0.36 / 0.72 / 0.78; the global Beta 0.47 / 0.57 after 50 / 100 (test_credit.py).
+@pytest.mark.parametrize("estimator, reached", [("critic", 0.55), ("reinforce", 0.6)])
 def test_its_mass_moves_into_the_band_that_helps_and_the_frozen_copy_stays_uniform(estimator, reached):
     learned = BandPolicySampler(NoiseSchedule("linear", T=100), update_every=1, bins=17, bands=20, seed=0,
                                 estimator=estimator)

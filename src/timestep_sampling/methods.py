@@ -38,7 +38,8 @@ METHODS: dict[str, tuple[str, str]] = {
     # the same credit and policy gradient on a softmax over log-spaced bands of t (samplers/band_policy.py);
     # its frozen copy is the uniform sampler itself
     "adaptive-bands": ("adaptive-bands", "none"),
-    "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce", "none"),  # per-sample estimator, Adam  # the same credit without a policy gradient
+    "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce", "none"),  # per-sample estimator, Adam
+    "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0", "none"),  # the critic sees only the draws  # the same credit without a policy gradient
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T

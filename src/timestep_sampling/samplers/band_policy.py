@@ -22,7 +22,11 @@ Two estimators of the policy gradient (option `estimator`):
   natural gradient drops the π_k. The critic V_k is a running, shrunk mean of the standardised credit:
   sums and counts of the samples in each band decay by `decay` per update and are pooled over nearby
   bands (a Gaussian of `smooth` bands, i.e. nearby log t: the credit is smooth in log t), and
-  V_k = sum_k / (count_k + `prior_count`), so a band seen a few times counts as average. Then
+  V_k = sum_k / (count_k + `prior_count`), so a band seen a few times counts as average. Every update
+  also scores one probe per band (`probe`, a t drawn inside each band on an image of the batch; scored,
+  not trained on: two more forward passes of one sample per band), so the critic sees every band, also
+  those the policy rarely draws: on one digits seed the credit sat on t ∈ {0, 1, 2} alone, which uniform
+  draws 0.3 % of the time. Then
 
       θ ← θ + lr · (V − Σ_j q_j V_j − c_ent · θ)      q the bands' sampling probabilities
 
@@ -53,7 +57,7 @@ from .fixed import check_batch_size
 from .loss_aware import check_fraction, check_int
 from .policy_gradient import CreditPolicyGradient
 
-_FALLBACK, _BATCH_NOISE = 0, 1  # the sampler's own random streams
+_FALLBACK, _BATCH_NOISE, _PROBE = 0, 1, 2  # the sampler's own random streams
 ESTIMATORS = ("critic", "reinforce")
 DEFAULT_LR = {"critic": 0.1, "reinforce": 5e-2}
 DEFAULT_ENTROPY = {"critic": 0.5, "reinforce": 0.1}
@@ -105,7 +109,8 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     """Options: bands (50 log-spaced, fewer where one would be under a timestep wide), estimator ("critic" or
     "reinforce", module docstring), lr (critic 0.1; reinforce: Adam, 5e-2; 0 freezes it at uniform),
     update_every K (20), entropy_coef c_ent (critic 0.5, reinforce 0.1), uniform_mix m (0.3), the critic's
-    decay (0.98 per update), smooth (2 bands) and prior_count (8 samples),
+    decay (0.98 per update), smooth (1 band), prior_count (8 samples) and probe (True: one extra
+    credit-only sample per band and update),
     grad_clip (None), credit_strata and credit_delta as the adaptive sampler's, bins and variance of
     the bound, seed, theta (the starting logits; default 0 = uniform). Use it as the adaptive sampler: `sample()`, then `with sampler.observe(model, x0,
     optimizer=opt): ...step...`."""
@@ -114,7 +119,8 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
 
     def __init__(self, schedule: NoiseSchedule, bands: int = 50, lr: float | None = None, update_every: int = 20,
                  entropy_coef: float | None = None, uniform_mix: float = 0.3, grad_clip: float | None = None,
-                 estimator: str = "critic", decay: float = 0.98, smooth: float = 2.0, prior_count: float = 8.0,
+                 estimator: str = "critic", decay: float = 0.98, smooth: float = 1.0, prior_count: float = 8.0,
+                 probe: bool = True,
                  credit_strata: int = 64, credit_delta: float = 1e-3, bins: int = 256,
                  variance: str = "fixed-large", seed: int = 0, unbiased: bool = False, theta=None):
         super().__init__(schedule, unbiased)
@@ -131,6 +137,8 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         self.decay = check_fraction("decay", decay)
         self.smooth = _real("smooth", smooth)
         self.prior_count = _real("prior_count", prior_count)
+        require(isinstance(probe, bool), f"option probe must be True or False, got {probe!r}")
+        self.probe = probe and estimator == "critic"
         self.uniform_mix = check_fraction("uniform_mix", uniform_mix)
         require(self.uniform_mix < 1, "option uniform_mix must be below 1: the policy needs some of the draws")
         self.grad_clip = None if grad_clip is None else _real("grad_clip", grad_clip)
@@ -211,35 +219,48 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         require(t is not None and len(t) == len(x0),
                 "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
         self._last_t = None
-        credit = first_order_credit(model, self.schedule, x0.detach(), t.to(x0.device), optimizer,
+        probe_t = self._probe_timesteps() if self.probe else t[:0]
+        images = x0.detach()[torch.arange(len(x0) + len(probe_t)) % len(x0)]  # the batch, then the probes' images
+        credit = first_order_credit(model, self.schedule, images, torch.cat([t, probe_t]).to(x0.device), optimizer,
                                     generator=self._stream(_BATCH_NOISE, distributed.rank(), self.updates),
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
-                                    variance=self.variance)
+                                    variance=self.variance).cpu()
         yield
         if self.estimator == "critic":
-            self._critic_step(t, credit.cpu())
+            self._critic_step(t, credit[:len(t)], probe_t, credit[len(t):])
         else:
-            self._learn_from_credit(None, t, credit.cpu())
+            self._learn_from_credit(None, t, credit[:len(t)])
         self.step += 1
+
+    def _probe_timesteps(self) -> torch.Tensor:
+        """One t uniform inside every band, for this rank and update: the critic's view of every band, also
+        of those the policy rarely draws (at small t the credit can sit on two or three timesteps)."""
+        v = torch.rand(len(self.width), generator=self._stream(_PROBE, distributed.rank(), self.updates),
+                       dtype=torch.float64)
+        return self.edges[:-1] + (v * self.width).long().clamp(max=self.width.long() - 1)
 
     def values(self) -> torch.Tensor:
         """The critic: each band's shrunk, pooled running mean of the standardised credit."""
         return (self.pool @ self.credit_sum) / (self.pool @ self.credit_count + self.prior_count)
 
-    def _critic_step(self, t: torch.Tensor, credit: torch.Tensor) -> None:
+    def _critic_step(self, t: torch.Tensor, credit: torch.Tensor, probe_t: torch.Tensor,
+                     probe_credit: torch.Tensor) -> None:
         """The natural policy gradient with the per-band critic (module docstring), the same on every rank:
-        the credits of all ranks are gathered first."""
+        the credits of all ranks are gathered first. The probes' credits are standardised by the batch's
+        mean and spread, as the batch's own are, and counted like them."""
         t = distributed.all_gather_cat(t.long().cpu()).cpu()
         credit = distributed.all_gather_cat(credit.double()).cpu()
+        probe_t = distributed.all_gather_cat(probe_t.long().cpu()).cpu()
+        probe_credit = distributed.all_gather_cat(probe_credit.double()).cpu()
         self.updates += 1
         spread = credit.std() if len(credit) > 1 else torch.tensor(0.0, dtype=torch.float64)
-        if not (bool(torch.isfinite(credit).all()) and spread > 0):
+        if not (bool(torch.isfinite(credit).all()) and bool(torch.isfinite(probe_credit).all()) and spread > 0):
             self.skipped_updates += 1
             self.last_stats = {"updates": self.updates, "skipped": True, "skipped_updates": self.skipped_updates,
                                "step": self.step}
             return
-        z = (credit - credit.mean()) / spread
-        band = self.band_of_t[t]
+        z = (torch.cat([credit, probe_credit]) - credit.mean()) / spread
+        band = self.band_of_t[torch.cat([t, probe_t])]
         n = len(self.width)
         self.credit_sum = self.decay * self.credit_sum + torch.bincount(band, weights=z, minlength=n)
         self.credit_count = self.decay * self.credit_count + torch.bincount(band, minlength=n).double()
@@ -278,7 +299,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         self._last_t, self._pmf_cache = None, None
 
     def __repr__(self) -> str:
-        critic = (f"decay={self.decay}, smooth={self.smooth}, prior_count={self.prior_count}, "
+        critic = (f"decay={self.decay}, smooth={self.smooth}, prior_count={self.prior_count}, probe={self.probe}, "
                   if self.estimator == "critic" else "")
         return (f"BandPolicySampler(T={self.T}, bands={len(self.log_width)}, estimator={self.estimator!r}, {critic}"
                 f"lr={self.lr}, K={self.update_every}, "
