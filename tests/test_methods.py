@@ -9,7 +9,8 @@ from timestep_sampling.samplers.fixed import BetaSampler, SpeedCurrentSampler, S
 from timestep_sampling.weighting import MinSNRWeighting, NoWeighting, P2Weighting, SpeedWeighting
 
 LINEAR = NoiseSchedule("linear", T=1000)
-NEEDS_ADAPTIVE = {name for name, (sampler, _) in METHODS.items() if sampler.startswith("adaptive")}
+NEEDS_ADAPTIVE = {name for name, (sampler, _) in METHODS.items() if sampler.split(":")[0] == "adaptive"}
+BANDS = {name for name, (sampler, _) in METHODS.items() if sampler.split(":")[0] == "adaptive-bands"}
 
 
 def test_presets_are_the_documented_pairs():
@@ -23,9 +24,11 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix"}
+    assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed"}
+    assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce", "none")
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE - BANDS))
 def test_every_preset_builds(name):
     sampler, weighting = make_method(name, LINEAR)
     t, w = sampler.sample(8)
@@ -50,6 +53,17 @@ def test_adaptive_presets_build_or_say_the_sampler_is_missing(name):
         assert sampler.name == "adaptive"
     else:
         with pytest.raises(UserError, match="unknown sampler 'adaptive'.*valid choices"):
+            make_method(name, LINEAR)
+
+
+@pytest.mark.parametrize("name", sorted(BANDS))
+def test_band_presets_build_or_say_the_sampler_is_missing(name):
+    if "adaptive-bands" in available_samplers():
+        sampler, _ = make_method(name, LINEAR)
+        assert sampler.name == "adaptive-bands"
+        assert sampler.estimator == ("reinforce" if name.endswith("reinforce") else "critic")
+    else:
+        with pytest.raises(UserError, match="unknown sampler 'adaptive-bands'.*valid choices"):
             make_method(name, LINEAR)
 
 

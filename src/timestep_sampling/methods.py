@@ -34,12 +34,12 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-mix": ("adaptive:uniform_mix=0.3", "none"),  # with a 30% uniform floor: keeps large t trained
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
-    "credit-proportional": ("credit-proportional", "none"),
+    "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
     # the same credit and policy gradient on a softmax over log-spaced bands of t (samplers/band_policy.py);
     # its frozen copy is the uniform sampler itself
     "adaptive-bands": ("adaptive-bands", "none"),
     "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce", "none"),  # per-sample estimator, Adam
-    "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0", "none"),  # the critic sees only the draws  # the same credit without a policy gradient
+    "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0", "none"),  # the critic sees only the draws
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
