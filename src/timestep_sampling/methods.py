@@ -40,6 +40,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-bands": ("adaptive-bands", "none"),
     "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce", "none"),  # per-sample estimator, Adam
     "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0", "none"),  # the critic sees only the draws
+    # the bound probed on 10 % of the training images, kept out of training (the credit then scores what generalises)
+    "adaptive-bands-heldout": ("adaptive-bands:holdout=0.1", "none"),
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T

@@ -24,7 +24,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
 from .devices import check_device
-from .errors import UserError
+from .errors import UserError, require
 from .methods import effective_specs, method_label
 from .models import count_parameters, make_unet
 from .objectives import make_objective
@@ -44,10 +44,22 @@ class _SkipStep(Exception):
 
 DENSITY_LOG = "sampler_density.jsonl"  # one line per evaluation: {"step": s, "density": [p_0, ..., p_{T-1}]}
 DENSITY_IMAGES = 256  # a data-conditioned sampler's pmf is averaged over the first training images
+PROBE_IMAGES = 64     # held-out images per credit probe (one per stratum of the 64-strata bound estimate)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
+
+
+def held_out_for_probe(train_x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images to train on, images kept out of training for a sampler that probes the bound on held-out
+    images, or None). The split depends on the seed only, so every rank and every resume sees the same."""
+    if not fraction:
+        return train_x, None
+    held = max(1, round(fraction * len(train_x)))
+    require(held < len(train_x), f"holdout={fraction} leaves no training images out of {len(train_x)}")
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + 7_777_777)).to(train_x.device)
+    return train_x[order[held:]], train_x[order[:held]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -177,6 +189,7 @@ class Trainer:
         self.sampler, self.weighting = build_method(cfg, self.schedule, self.data)
         self.label = method_label(cfg.method, cfg.sampler, cfg.weighting)  # what this run trains, by name
         self.objective = make_objective(cfg, self.schedule, self.data.bins, self.sampler)
+        self.train_x, self.probe_x = held_out_for_probe(self.train_x, getattr(self.sampler, "holdout", 0.0), cfg.seed)
         self.step, self.train_seconds, self.bad_steps, self.skipped_total = 0, 0.0, 0, 0
         self._logged_updates = getattr(self.sampler, "updates", None)
         if not (resume and self._resume()) and self.is_main:
@@ -286,6 +299,14 @@ class Trainer:
         self.ema.multi_avg_fn = ema_avg_fn(self.cfg.ema_decay, warmup)
 
     # ----- one step ---------------------------------------------------------------------------
+    def _probe_images(self, gen: torch.Generator) -> dict:
+        """observe()'s probe_x0: 64 held-out images, for a sampler built with holdout > 0 (drawn from the
+        step's generator after the batch's noise, so the other draws are those of any other run)."""
+        if self.probe_x is None:
+            return {}
+        idx = torch.randint(len(self.probe_x), (PROBE_IMAGES,), generator=gen)
+        return {"probe_x0": self._layout(self.probe_x[idx.to(self.device)])}
+
     def train_step(self) -> float | None:
         """One optimiser step; returns the loss, or None if the step was skipped as non-finite."""
         cfg = self.cfg
@@ -298,7 +319,8 @@ class Trainer:
         self.model.train()
         mse = None
         try:
-            with self.sampler.observe(self.net, x0, optimizer=self.opt):  # its probes: the plain float32 network
+            with self.sampler.observe(self.net, x0, optimizer=self.opt,  # its probes: the plain float32 network
+                                      **self._probe_images(gen)):
                 mse = self.objective.loss(self.forward, x0, t, noise)
                 loss = (mse * w * self.weighting.weights(t)).mean()
                 if not _all_finite(loss):

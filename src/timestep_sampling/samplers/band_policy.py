@@ -110,7 +110,9 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     "reinforce", module docstring), lr (critic 0.1; reinforce: Adam, 5e-2; 0 freezes it at uniform),
     update_every K (20), entropy_coef c_ent (critic 0.5, reinforce 0.1), uniform_mix m (0.3), the critic's
     decay (0.98 per update), smooth (1 band), prior_count (8 samples) and probe (True: one extra
-    credit-only sample per band and update),
+    credit-only sample per band and update), holdout (0: the bound is probed on the batch; > 0: on
+    held-out images the caller passes as observe(..., probe_x0=...); the reference trainer keeps that
+    fraction of the training set out of training for it),
     grad_clip (None), credit_strata and credit_delta as the adaptive sampler's, bins and variance of
     the bound, seed, theta (the starting logits; default 0 = uniform). Use it as the adaptive sampler: `sample()`, then `with sampler.observe(model, x0,
     optimizer=opt): ...step...`."""
@@ -120,7 +122,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
     def __init__(self, schedule: NoiseSchedule, bands: int = 50, lr: float | None = None, update_every: int = 20,
                  entropy_coef: float | None = None, uniform_mix: float = 0.3, grad_clip: float | None = None,
                  estimator: str = "critic", decay: float = 0.98, smooth: float = 1.0, prior_count: float = 8.0,
-                 probe: bool = True,
+                 probe: bool = True, holdout: float = 0.0,
                  credit_strata: int = 64, credit_delta: float = 1e-3, bins: int = 256,
                  variance: str = "fixed-large", seed: int = 0, unbiased: bool = False, theta=None):
         super().__init__(schedule, unbiased)
@@ -139,6 +141,8 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         self.prior_count = _real("prior_count", prior_count)
         require(isinstance(probe, bool), f"option probe must be True or False, got {probe!r}")
         self.probe = probe and estimator == "critic"
+        self.holdout = check_fraction("holdout", holdout)
+        require(self.holdout < 1, "option holdout must be below 1: the model needs images to train on")
         self.uniform_mix = check_fraction("uniform_mix", uniform_mix)
         require(self.uniform_mix < 1, "option uniform_mix must be below 1: the policy needs some of the draws")
         self.grad_clip = None if grad_clip is None else _real("grad_clip", grad_clip)
@@ -208,9 +212,14 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         return t.to(device), self.importance_weights(t).to(device)
 
     @contextlib.contextmanager
-    def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None):
+    def observe(self, model, x0: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
+                probe_x0: torch.Tensor | None = None):
         """Around one optimiser step: every K-th step scores each sample's credit before the step and
-        takes one policy-gradient step after it. If the body raises, nothing is updated or counted."""
+        takes one policy-gradient step after it. If the body raises, nothing is updated or counted.
+        probe_x0: images the model does not train on, to probe the bound on (needed when holdout > 0)."""
+        require(not self.holdout or probe_x0 is not None,
+                f"this sampler was built with holdout={self.holdout}: pass held-out images to observe(..., "
+                "probe_x0=...) (images the model is not trained on), or build it with holdout=0")
         if not self.is_update_step:
             yield
             self.step += 1
@@ -224,7 +233,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         credit = first_order_credit(model, self.schedule, images, torch.cat([t, probe_t]).to(x0.device), optimizer,
                                     generator=self._stream(_BATCH_NOISE, distributed.rank(), self.updates),
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
-                                    variance=self.variance).cpu()
+                                    variance=self.variance, probe_x0=probe_x0).cpu()
         yield
         if self.estimator == "critic":
             self._critic_step(t, credit[:len(t)], probe_t, credit[len(t):])
@@ -304,4 +313,5 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         return (f"BandPolicySampler(T={self.T}, bands={len(self.log_width)}, estimator={self.estimator!r}, {critic}"
                 f"lr={self.lr}, K={self.update_every}, "
                 f"entropy_coef={self.entropy_coef}, uniform_mix={self.uniform_mix}, "
-                f"credit_strata={self.credit_strata})")
+                f"credit_strata={self.credit_strata}"
+                + (f", holdout={self.holdout})" if self.holdout else ")"))
