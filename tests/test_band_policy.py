@@ -100,3 +100,26 @@ def test_its_final_density_frozen_from_step_0_is_the_density_it_logged(tmp_path)
     frozen, _ = make_method(spec, NoiseSchedule("linear", T=100))
     assert frozen.lr == 0
     assert (frozen.probabilities() - learned.probabilities()).abs().sum().item() / 2 < 1e-3
+
+
+def test_a_held_out_probe_needs_its_images_and_the_trainer_keeps_them_out_of_training():
+    from timestep_sampling.train import held_out_for_probe
+
+    schedule, model, x0 = band_problem()
+    sampler = BandPolicySampler(schedule, bins=17, holdout=0.1)
+    sampler.sample(len(x0))
+    with pytest.raises(UserError, match="probe_x0"):
+        with sampler.observe(model, x0):
+            pass
+    with sampler.observe(model, x0, probe_x0=x0[:8]):  # with its images it updates
+        pass
+    assert sampler.updates == 1
+    with pytest.raises(UserError, match="holdout"):
+        BandPolicySampler(schedule, holdout=1.0)
+
+    images = torch.arange(100.0)[:, None]
+    train, held = held_out_for_probe(images, 0.1, seed=3)
+    assert len(held) == 10 and len(train) == 90
+    assert sorted(torch.cat([train, held]).squeeze(1).tolist()) == list(range(100))  # a split, nothing lost
+    assert torch.equal(held, held_out_for_probe(images, 0.1, seed=3)[1])  # the same on every rank and resume
+    assert held_out_for_probe(images, 0.0, seed=3) == (images, None)

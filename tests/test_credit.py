@@ -215,3 +215,18 @@ def test_a_uniform_floor_draws_from_the_mixture_it_reports():
     expected = np.array([p[a:b].sum().item() for a, b in zip(edges[:-1], edges[1:])]) * len(t)
     assert stats.chisquare(observed, expected).pvalue > 1e-3
     assert p[600:].sum() > 0.3 * 0.4 - 1e-9  # the floor keeps the uniform share of the large timesteps
+
+
+def test_the_bound_is_probed_on_the_images_given():
+    """probe_x0 = the batch is the default; other images change the direction, hence the credit."""
+    torch.manual_seed(0)
+    schedule = NoiseSchedule("linear", T=50)
+    model = ConvEps(50).double()
+    x0, held = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    t = torch.randint(50, (6,))
+
+    def credit(**kw):
+        return first_order_credit(model, schedule, x0, t, generator=torch.Generator().manual_seed(3), strata=8,
+                                  bins=17, **kw)
+    assert torch.equal(credit(), credit(probe_x0=x0))
+    assert not torch.allclose(credit(), credit(probe_x0=held))

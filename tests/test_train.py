@@ -44,8 +44,10 @@ def test_run_writes_its_contract_outputs(tmp_path):
 
 @pytest.mark.parametrize("method", [{"method": "uniform"}, {"method": "min-snr"},
                                     {"method": "adaptive", "sampler": "adaptive:update_every=4"},
-                                    {"method": "adaptive-bands", "sampler": "adaptive-bands:update_every=4"}],
-                         ids=["uniform", "min-snr", "adaptive", "adaptive-bands"])
+                                    {"method": "adaptive-bands", "sampler": "adaptive-bands:update_every=4"},
+                                    {"method": "adaptive-bands-heldout",
+                                     "sampler": "adaptive-bands:update_every=4,holdout=0.1"}],
+                         ids=["uniform", "min-snr", "adaptive", "adaptive-bands", "adaptive-bands-heldout"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
     straight = tmp_path / "straight"
     train(tiny_config(straight, **method), progress=False)
