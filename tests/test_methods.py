@@ -24,7 +24,8 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix"}
-    assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout"}
+    assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
+                     "adaptive-bands-mild"}
     assert METHODS["adaptive-bands-heldout"] == ("adaptive-bands:holdout=0.1", "none")
     assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce", "none")
 

@@ -42,6 +42,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0", "none"),  # the critic sees only the draws
     # the bound probed on 10 % of the training images, kept out of training (the credit then scores what generalises)
     "adaptive-bands-heldout": ("adaptive-bands:holdout=0.1", "none"),
+    # a 4x higher temperature (the critic's fixed point θ = (V − V̄)/c_ent): a milder tilt, as credit-proportional's
+    "adaptive-bands-mild": ("adaptive-bands:entropy_coef=2.0", "none"),
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
