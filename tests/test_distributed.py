@@ -33,6 +33,7 @@ SAMPLERS = {"uniform": "uniform", "loss-second-moment": "loss-second-moment:hist
             "adaptive": "adaptive:update_every=5", "adaptive-paper": "adaptive:reward=paper,update_every=5",
             "credit-proportional": "credit-proportional:update_every=5",
             "adaptive-bands": "adaptive-bands:update_every=5",
+            "adaptive-bands-heldout": "adaptive-bands:update_every=5,holdout=0.1",
             "flow-adaptive": "flow-adaptive:update_every=5"}
 # a flow run with an evaluation too cheap to matter (there is none: eval_every=0) and its own objective
 OBJECTIVE = {"flow-adaptive": "flow:eval_images=4,eval_steps=1,final_steps=1"}
@@ -126,6 +127,7 @@ def loss_steps(out):
                                      pytest.param("adaptive-paper", marks=pytest.mark.slow),
                                      pytest.param("credit-proportional", marks=pytest.mark.slow),
                                      pytest.param("adaptive-bands", marks=pytest.mark.slow),
+                                     pytest.param("adaptive-bands-heldout", marks=pytest.mark.slow),
                                      pytest.param("flow-adaptive", marks=pytest.mark.slow)])
 def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
     extra = {"objective": OBJECTIVE[sampler], "method": "flow-uniform"} if sampler in OBJECTIVE else {}
@@ -136,7 +138,7 @@ def test_ranks_hold_bit_identical_model_and_sampler(tmp_path, data, sampler):
         assert_identical(a[key], b[key], key)
     assert_identical(a["optimizer"]["state"], b["optimizer"]["state"], "optimizer")
     assert_identical(a["sampler"], b["sampler"], "sampler")
-    if sampler == "adaptive-bands":  # 3 policy steps on the credits of both ranks, the same logits on both
+    if sampler.startswith("adaptive-bands"):  # 3 policy steps on the credits of both ranks, the same logits on both
         assert a["sampler"]["updates"] == 3 and a["sampler"]["skipped_updates"] == 0
         assert a["sampler"]["theta"].abs().max() > 0
     elif "adaptive" in sampler:  # 3 updates (observe steps 0, 5, 10), the same policy on both ranks
