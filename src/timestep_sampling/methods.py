@@ -44,6 +44,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-bands-heldout": ("adaptive-bands:holdout=0.1", "none"),
     # a 4x higher temperature (the critic's fixed point θ = (V − V̄)/c_ent): a milder tilt, as credit-proportional's
     "adaptive-bands-mild": ("adaptive-bands:entropy_coef=2.0", "none"),
+    # a short memory and fast steps (critic decay 0.9, lr 0.5), as credit-proportional's: does committing early matter?
+    "adaptive-bands-fast": ("adaptive-bands:decay=0.9,lr=0.5", "none"),
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
