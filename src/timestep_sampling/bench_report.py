@@ -230,11 +230,13 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     def n(count, word):
         return f"{count} {word}{'' if count == 1 else 's'}"
 
-    lines = [f"# Benchmark: {n(len(s.methods), 'method')} × {n(len(s.schedules), 'schedule')} × {n(s.seeds, 'seed')}"
+    # the seeds the records hold: with --records a report also takes seeds beyond --seeds
+    seeds = sorted({r["seed"] for r in records if "seed" in r}) or list(s.seed_list)
+    lines = [f"# Benchmark: {n(len(s.methods), 'method')} × {n(len(s.schedules), 'schedule')} × {n(len(seeds), 'seed')}"
              f"{' (--quick)' if s.quick else ''}", ""]
     lines += [f"Data `{s.data}`, model `{s.model}`, batch {s.batch_size}, T = {s.T}, {s.steps} steps per run "
               f"(learning-rate warm-up {s.warmup} steps, EMA decay {s.ema_decay}; bits/dim and samples use the EMA), "
-              f"checkpoints every {s.eval_every} steps; seeds {', '.join(map(str, s.seed_list))} (the same seed gives "
+              f"checkpoints every {s.eval_every} steps; seeds {', '.join(map(str, seeds))} (the same seed gives "
               f"every method the same initial weights and the same batches). Methods: {', '.join(s.methods)}. "
               f"Schedules: {', '.join(s.schedules)}. Objective: {s.objective}. Device: {costs.get('device')}.", ""]
     lines += ["## How it is measured", "", bpd_line,
