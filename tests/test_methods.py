@@ -25,7 +25,8 @@ def test_presets_are_the_documented_pairs():
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
-                     "adaptive-bands-mild", "adaptive-bands-fast"}
+                     "adaptive-bands-mild", "adaptive-bands-fast",
+                     "adaptive-bands-fine"}
     assert METHODS["adaptive-bands-heldout"] == ("adaptive-bands:holdout=0.1", "none")
     assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce", "none")
 

@@ -46,6 +46,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-bands-mild": ("adaptive-bands:entropy_coef=2.0", "none"),
     # a short memory and fast steps (critic decay 0.9, lr 0.5), as credit-proportional's: does committing early matter?
     "adaptive-bands-fast": ("adaptive-bands:decay=0.9,lr=0.5", "none"),
+    # the credit's central difference at a 10x smaller step: at t < 20 the default 1e-3 is outside the linear range
+    "adaptive-bands-fine": ("adaptive-bands:credit_delta=1e-4", "none"),
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T

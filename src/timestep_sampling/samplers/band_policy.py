@@ -314,4 +314,5 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
                 f"lr={self.lr}, K={self.update_every}, "
                 f"entropy_coef={self.entropy_coef}, uniform_mix={self.uniform_mix}, "
                 f"credit_strata={self.credit_strata}"
+                + (f", credit_delta={self.credit_delta}" if self.credit_delta != 1e-3 else "")
                 + (f", holdout={self.holdout})" if self.holdout else ")"))
