@@ -1,7 +1,7 @@
 """Does the first-order credit predict what training on a region of t actually does a few steps later?
 
     python benchmarks/credit_vs_lookahead.py --run runs/g3k/runs/adaptive-bands__linear__s2 [--steps 40]
-        [--reps 6] [--batches 10] [--out F.json]
+        [--reps 6] [--batches 10] [--delta 1e-3] [--out F.json]      (--reps 0: the credit alone)
 
 For each region R of t, on the run's latest checkpoint (training weights, its Adam state):
 - credit: the mean standardised first-order credit of the samples in R (uniform batches, as the sampler sees it);
@@ -29,7 +29,7 @@ from timestep_sampling.samplers.credit import first_order_credit
 REGIONS = {"0-3": (0, 3), "3-20": (3, 20), "20-100": (20, 100), "100-300": (100, 300), "300-1000": (300, 1000)}
 
 
-def credit_by_region(model, schedule, cfg, state, data, batches: int) -> dict:
+def credit_by_region(model, schedule, cfg, state, data, batches: int, delta: float = 1e-3) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     opt.load_state_dict(copy.deepcopy(state["optimizer"]))
     gen = torch.Generator().manual_seed(0)
@@ -38,7 +38,7 @@ def credit_by_region(model, schedule, cfg, state, data, batches: int) -> dict:
         x0 = data.train[torch.randint(len(data.train), (128,), generator=gen)]
         t = torch.randint(schedule.T, (128,), generator=gen)
         c = first_order_credit(model, schedule, x0, t, opt, generator=torch.Generator().manual_seed(100 + k),
-                               bins=data.bins, variance=cfg.variance)
+                               bins=data.bins, variance=cfg.variance, delta=delta)
         zs.append(((c - c.mean()) / c.std()).numpy())
         ts.append(t.numpy())
     t, z = np.concatenate(ts), np.concatenate(zs)
@@ -65,9 +65,13 @@ def bound_after(model, schedule, cfg, state, data, region, steps: int, rep: int)
     return float(estimate_bpd(m, schedule, data.test, seed=7, bins=data.bins, variance=cfg.variance).total)
 
 
-def compare(run: str, steps: int, reps: int, batches: int) -> dict:
+def compare(run: str, steps: int, reps: int, batches: int, delta: float = 1e-3) -> dict:
     step, model, schedule, cfg, state, data = checkpoint_to_train_on(run, None, None, "cpu")
-    credit = credit_by_region(model, schedule, cfg, state, data, batches)
+    credit = credit_by_region(model, schedule, cfg, state, data, batches, delta)
+    if reps == 0:  # the credit alone
+        print(f"{run} step {step}, credit (delta {delta:g}) by region: "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in credit.items()), flush=True)
+        return {"run": run, "step": step, "delta": delta, "credit": credit}
     uniform = [bound_after(model, schedule, cfg, state, data, None, steps, r) for r in range(reps)]
     result = {"run": run, "step": step, "steps": steps, "reps": reps, "uniform_bpd": uniform, "regions": {}}
     print(f"{run} step {step}: {steps} steps, {reps} reps; uniform after: {np.mean(uniform):.4f} ± "
@@ -88,9 +92,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--delta", type=float, default=1e-3, help="the credit's central-difference step")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
-    results = [compare(run, args.steps, args.reps, args.batches) for run in args.run]
+    results = [compare(run, args.steps, args.reps, args.batches, args.delta) for run in args.run]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
