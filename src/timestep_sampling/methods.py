@@ -35,6 +35,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
     "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
+    # the credit's central difference at delta 1e-4 (at t < 20 the default 1e-3 is outside the linear range)
+    "adaptive-fine": ("adaptive:credit_delta=1e-4", "none"),
+    "credit-proportional-fine": ("credit-proportional:credit_delta=1e-4", "none"),
     # the same credit and policy gradient on a softmax over log-spaced bands of t (samplers/band_policy.py);
     # its frozen copy is the uniform sampler itself
     "adaptive-bands": ("adaptive-bands", "none"),

@@ -564,6 +564,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         scan = "full" if self.scan is None else self.scan
         if self.reward == "credit":
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
+            mix += f", credit_delta={self.credit_delta}" if self.credit_delta != 1e-3 else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
                     f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")
         return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "

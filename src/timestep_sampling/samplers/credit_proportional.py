@@ -139,4 +139,5 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
 
     def __repr__(self) -> str:
         return (f"CreditProportionalSampler(T={self.T}, bands={len(self.edges) - 1}, temperature={self.temperature}, "
-                f"uniform_mix={self.uniform_mix}, K={self.update_every})")
+                f"uniform_mix={self.uniform_mix}, K={self.update_every}"
+                + (f", credit_delta={self.credit_delta})" if self.credit_delta != 1e-3 else ")"))
