@@ -41,7 +41,7 @@ def main() -> None:
 
     print(f"{args.run} step {step}; t: {T_SHOWN}")
     for delta in map(float, args.deltas.split(",")):
-        c = directional_credit(model, probe, lambda: mse_per_sample(model, schedule, x0, t, noise), opt, delta=delta)
+        c = directional_credit(model, probe, lambda net: mse_per_sample(net, schedule, x0, t, noise), opt, delta=delta)
         print(f"central difference, delta {delta:g}: {np.round(c.numpy(), 1).tolist()}")
     params = [p for p in model.parameters() if p.requires_grad]
     with eval_mode(model):

@@ -60,7 +60,7 @@ def test_the_preset_and_bad_options():
     sampler, weighting = make_method("adaptive-bands", NoiseSchedule("linear", T=1000))
     assert isinstance(sampler, BandPolicySampler) and sampler.uniform_mix == 0.3
     for spec in ["adaptive-bands:bands=0", "adaptive-bands:lr=-1", "adaptive-bands:uniform_mix=1",
-                 "adaptive-bands:credit_delta=0", "adaptive-bands:entropy_coef=nan",
+                 "adaptive-bands:credit_delta=-0.1", "adaptive-bands:entropy_coef=nan",
                  "adaptive-bands:estimator=adam", "adaptive-bands:decay=2", "adaptive-bands:theta=1;2"]:
         with pytest.raises(UserError) as e:
             make_sampler(spec, NoiseSchedule("linear", T=100))

@@ -27,8 +27,10 @@ def band_problem():
     return schedule, model, torch.ones(64, 1, 2, 2, dtype=torch.float64)
 
 
-def test_credit_is_the_samples_gradient_against_the_preconditioned_bound_gradient():
-    """c_b = g_b · P∇L̂ / rms(P∇L̂), with P = 1/(√v̂ + ε) of the Adam state, computed here by autograd."""
+@pytest.mark.parametrize("delta", [0.0, 1e-4])
+def test_credit_is_the_samples_gradient_against_the_preconditioned_bound_gradient(delta):
+    """c_b = g_b · P∇L̂ / rms(P∇L̂), with P = 1/(√v̂ + ε) of the Adam state, computed here by autograd; exact
+    by forward mode (delta 0) and to rounding by the central difference."""
     torch.manual_seed(0)
     schedule = NoiseSchedule("linear", T=50)
     model = ConvEps(50).double()
@@ -41,7 +43,7 @@ def test_credit_is_the_samples_gradient_against_the_preconditioned_bound_gradien
     t = torch.randint(50, (6,))
     before = [p.detach().clone() for p in model.parameters()]
     credit = first_order_credit(model, schedule, x0, t, opt, generator=torch.Generator().manual_seed(3),
-                                strata=8, delta=1e-4, bins=17)
+                                strata=8, delta=delta, bins=17)
 
     gen = torch.Generator().manual_seed(3)  # the same draws, by hand
     model.eval()
@@ -55,7 +57,7 @@ def test_credit_is_the_samples_gradient_against_the_preconditioned_bound_gradien
         loss = mse_per_sample(model, schedule, x0[b:b + 1], t[b:b + 1], noise[b:b + 1]).sum()
         grads = torch.autograd.grad(loss, params)
         expected.append(sum((g * d).sum() for g, d in zip(grads, direction)) / rms)
-    assert torch.allclose(credit, torch.stack(expected).detach(), rtol=1e-5, atol=1e-9)
+    assert torch.allclose(credit, torch.stack(expected).detach(), rtol=1e-12 if delta == 0 else 1e-5, atol=1e-9)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # restored bit for bit
     assert all(p.grad is None for p in model.parameters())  # the user's .grad untouched
 
@@ -153,7 +155,8 @@ def test_stratified_timesteps_still_cover_every_timestep_once_per_stratum():
 def test_credit_options_are_checked():
     schedule = NoiseSchedule("linear", T=100)
     from timestep_sampling import UserError
-    for spec in ["adaptive:reward=nope", "adaptive:credit_delta=0", "adaptive:uniform_mix=1",
+    for spec in ["adaptive:reward=nope", "adaptive:credit_delta=-1e-3", "adaptive:uniform_mix=1",
+                 "credit-proportional:credit_delta=nan", "adaptive-bands:credit_delta=-1",
                  "credit-proportional:temperature=0",
                  "credit-proportional:uniform_mix=2", "credit-proportional:bands=0"]:
         with pytest.raises(UserError) as e:
@@ -230,3 +233,35 @@ def test_the_bound_is_probed_on_the_images_given():
                                   bins=17, **kw)
     assert torch.equal(credit(), credit(probe_x0=x0))
     assert not torch.allclose(credit(), credit(probe_x0=held))
+
+
+def test_exact_credit_runs_through_the_trainers_unet_and_matches_autograd():
+    """Forward mode through the diffusers UNet (GroupNorm, the attention of its middle block): the exact credit is
+    g_b · d to float32 rounding, where a central difference at the old default δ = 1e-3 is not."""
+    from timestep_sampling.models import make_unet
+    from timestep_sampling.samplers.credit import directional_credit, eval_mode
+
+    torch.manual_seed(0)
+    schedule, model = NoiseSchedule("linear", T=1000), make_unet(8, 1, "tiny")
+    x0, t = torch.randn(6, 1, 8, 8), torch.tensor([0, 3, 10, 100, 500, 999])
+    noise = torch.randn_like(x0)
+
+    def probe():
+        return bound_probe(model, schedule, x0, 8, torch.Generator().manual_seed(1), bins=256, variance="fixed-large")
+
+    def credit(delta):
+        return directional_credit(model, probe, lambda net: mse_per_sample(net, schedule, x0, t, noise), delta=delta)
+
+    exact, coarse = credit(0.0), credit(1e-3)
+    params = list(model.parameters())
+    with eval_mode(model):
+        direction = torch.autograd.grad(probe(), params)
+        rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
+        expected = torch.stack([
+            sum((g.double() * d.double()).sum() for g, d in zip(torch.autograd.grad(
+                mse_per_sample(model, schedule, x0[b:b + 1], t[b:b + 1], noise[b:b + 1]).sum(), params), direction)) / rms
+            for b in range(len(t))])
+    scale = expected.abs().max()
+    assert (exact - expected).abs().max() < 1e-4 * scale
+    assert (coarse - expected).abs().max() > 1e-2 * scale
+    assert all(p.grad is None for p in params)

@@ -23,12 +23,13 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["adaptive-full-scan"] == ("adaptive:reward=paper,conditioned=True,scan=None", "none")
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
-                              "adaptive-conditioned", "adaptive-mix", "adaptive-fine"}
+                              "adaptive-conditioned", "adaptive-mix", "adaptive-fine", "adaptive-coarse",
+                              "adaptive-mix-coarse"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
                      "adaptive-bands-mild", "adaptive-bands-fast",
-                     "adaptive-bands-fine"}
-    assert METHODS["adaptive-bands-heldout"] == ("adaptive-bands:holdout=0.1", "none")
-    assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce", "none")
+                     "adaptive-bands-fine", "adaptive-bands-coarse"}
+    assert METHODS["adaptive-bands-heldout"] == ("adaptive-bands:holdout=0.1,credit_delta=1e-3", "none")
+    assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce,credit_delta=1e-3", "none")
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE - BANDS))

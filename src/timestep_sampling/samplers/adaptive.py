@@ -66,7 +66,7 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import BoundOptions, eval_mode, first_order_credit, unwrap
+from .credit import BoundOptions, check_credit_delta, credit_repr, eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -173,7 +173,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                       standardised over the batch; "paper": eq. 14 as published, the faithful control,
                       whose reward carries almost no information about the sample's timestep (METHOD.md §7).
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
-      credit_delta    the central difference's step along the unit-RMS direction (1e-3).
+      credit_delta    0 (default): the exact credit by forward-mode autodiff; > 0: a central difference
+                      with this step along the unit-RMS direction (1e-4 is close to exact and cheaper).
       uniform_mix     m: draw u uniformly with probability m, from the Beta otherwise (0). A floor that keeps
                       every timestep trained; the policy gradient uses the mixture's density.
       conditioned     False (default): one global Beta; True: π(· | x0) is a CNN (images) or MLP (vectors),
@@ -213,12 +214,11 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                  variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
-                 credit_delta: float = 1e-3, uniform_mix: float = 0.0):
+                 credit_delta: float = 0.0, uniform_mix: float = 0.0):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
-        require(_nonnegative(credit_delta, "credit_delta") > 0, f"credit_delta must be > 0, got {credit_delta!r}")
-        self.credit_delta = float(credit_delta)
+        self.credit_delta = check_credit_delta(credit_delta)
         require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
         self.conditioned = conditioned
         super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
@@ -564,7 +564,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         scan = "full" if self.scan is None else self.scan
         if self.reward == "credit":
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
-            mix += f", credit_delta={self.credit_delta}" if self.credit_delta != 1e-3 else ""
+            # a frozen policy (lr = 0) never uses its credit: what it trains does not depend on how it is taken
+            mix += credit_repr(self.credit_delta) if self.lr else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
                     f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")
         return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "

@@ -52,7 +52,7 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import BoundOptions, first_order_credit
+from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .fixed import check_batch_size
 from .loss_aware import check_fraction, check_int
 from .policy_gradient import CreditPolicyGradient
@@ -123,7 +123,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
                  entropy_coef: float | None = None, uniform_mix: float = 0.3, grad_clip: float | None = None,
                  estimator: str = "critic", decay: float = 0.98, smooth: float = 1.0, prior_count: float = 8.0,
                  probe: bool = True, holdout: float = 0.0,
-                 credit_strata: int = 64, credit_delta: float = 1e-3, bins: int = 256,
+                 credit_strata: int = 64, credit_delta: float = 0.0, bins: int = 256,
                  variance: str = "fixed-large", seed: int = 0, unbiased: bool = False, theta=None):
         super().__init__(schedule, unbiased)
         check_int("bands", bands, 1, self.T)
@@ -147,8 +147,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         require(self.uniform_mix < 1, "option uniform_mix must be below 1: the policy needs some of the draws")
         self.grad_clip = None if grad_clip is None else _real("grad_clip", grad_clip)
         self.credit_strata = check_int("credit_strata", credit_strata, 1)
-        require(_real("credit_delta", credit_delta) > 0, f"option credit_delta must be > 0, got {credit_delta!r}")
-        self.credit_delta = float(credit_delta)
+        self.credit_delta = check_credit_delta(credit_delta)
         self.configure_bound(bins, variance)
         self.seed = check_int("seed", seed, 0)
         self.policy = BandLogits(len(widths))
@@ -314,5 +313,5 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
                 f"lr={self.lr}, K={self.update_every}, "
                 f"entropy_coef={self.entropy_coef}, uniform_mix={self.uniform_mix}, "
                 f"credit_strata={self.credit_strata}"
-                + (f", credit_delta={self.credit_delta}" if self.credit_delta != 1e-3 else "")
+                + credit_repr(self.credit_delta)
                 + (f", holdout={self.holdout})" if self.holdout else ")"))

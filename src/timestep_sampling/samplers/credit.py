@@ -33,12 +33,17 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from ..bound import stratified_timesteps
 from ..diffusion import VARIANCES, mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
-from ..errors import require
+from ..errors import UserError, require
 from ..schedule import NoiseSchedule
+
+# The central difference's step before the exact credit became the default (2026-12-02). A sampler's repr
+# leaves it out, so that bench records made with it keep their fingerprints under the presets that pin it.
+LEGACY_DELTA = 1e-3
 
 # Optimisers whose state holds a running second moment, and the key it is kept under.
 _SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg")
@@ -70,6 +75,20 @@ class BoundOptions:
         if variance is not None:
             require(variance in VARIANCES, f"unknown variance {variance!r}; valid choices: {', '.join(VARIANCES)}")
             self.variance = variance
+
+
+def check_credit_delta(value) -> float:
+    """credit_delta as a float: 0 for the exact credit (forward mode), > 0 for a central difference."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    require(ok, f"option credit_delta must be 0 (the exact credit) or a small positive step, got {value!r}")
+    return float(value)
+
+
+def credit_repr(delta: float) -> str:
+    """How a sampler's repr names its credit: "credit='exact'", "credit_delta=δ", or nothing for LEGACY_DELTA."""
+    if delta == 0:
+        return ", credit='exact'"
+    return "" if delta == LEGACY_DELTA else f", credit_delta={delta}"
 
 
 def unwrap(model):
@@ -112,43 +131,90 @@ def bound_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, g
 
 
 def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | None = None, *,
-                       delta: float = 1e-3) -> torch.Tensor:
-    """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS, by a central difference.
+                       delta: float = 0.0) -> torch.Tensor:
+    """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS.
 
-    `probe()` returns a scalar bound estimate with autograd, `losses()` the per-sample training losses (one
-    call each side, with fixed noise inside). Both run in eval mode; the weights are restored bit for bit and
-    neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not
-    finite or is zero (the caller's policy then skips the update)."""
+    `probe()` returns a scalar bound estimate with autograd; `losses(model)` the per-sample training losses
+    of `model(x_t, t)` (called with fixed noise inside). delta > 0: a central difference at θ ± δ·d, two
+    forward passes. delta = 0: the exact directional derivative by forward-mode autodiff (torch.func.jvp),
+    one forward pass carrying tangents. Both run in eval mode; the weights are restored bit for bit and
+    neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not finite or
+    is zero (the caller's policy then skips the update)."""
     params = [p for p in net.parameters() if p.requires_grad]
     with eval_mode(net):
-        grads = torch.autograd.grad(probe(), params, allow_unused=True)
-        direction = []
-        for p, g in zip(params, grads):
-            g = torch.zeros_like(p) if g is None else g
-            scale = preconditioner(optimizer, p)
-            direction.append(g if scale is None else g * scale)
-        # Unit RMS per weight, so that δ is a step of the size Adam takes (~lr per weight).
-        rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
-        if not torch.isfinite(rms) or rms == 0:
+        direction, rms = _descent_direction(probe, params, optimizer)
+        if direction is None:
             return None
+        if delta == 0:
+            unit = [d / rms.to(d.dtype) for d in direction]
+            return _forward_mode(net, params, unit, losses).double().cpu()
         with torch.no_grad():
             saved = [p.detach().clone() for p in params]
             try:
                 for p, d in zip(params, direction):
                     p.add_(d, alpha=float(delta / rms))
-                plus = losses().double()
+                plus = losses(net).double()
                 for p, d in zip(params, direction):
                     p.add_(d, alpha=float(-2 * delta / rms))
-                minus = losses().double()
+                minus = losses(net).double()
             finally:
                 for p, s in zip(params, saved):
                     p.copy_(s)
     return ((plus - minus) / (2 * delta)).cpu()
 
 
+def _descent_direction(probe, params, optimizer):
+    """(P∇probe(θ), its RMS per weight), or (None, None) if the RMS is not finite or is zero. The credit
+    is taken along the direction scaled to unit RMS, so that δ is a step of the size Adam takes (~lr
+    per weight)."""
+    grads = torch.autograd.grad(probe(), params, allow_unused=True)
+    direction = []
+    for p, g in zip(params, grads):
+        g = torch.zeros_like(p) if g is None else g.detach()
+        scale = preconditioner(optimizer, p)
+        direction.append(g if scale is None else g * scale)
+    rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
+    if not torch.isfinite(rms) or rms == 0:
+        return None, None
+    return direction, rms
+
+
+@contextlib.contextmanager
+def _contiguous_inputs(net, kind):
+    """Every `kind` submodule of net sees a contiguous input while the context lasts."""
+    hooks = [m.register_forward_pre_hook(lambda _, args: tuple(a.contiguous() for a in args))
+             for m in net.modules() if isinstance(m, kind)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _forward_mode(net, params, direction, losses) -> torch.Tensor:
+    """The per-sample losses' derivative along `direction`, exact: torch.func.jvp through the model called
+    with its parameters as explicit inputs (the module itself is not modified)."""
+    names = [name for name, p in net.named_parameters() if p.requires_grad]
+
+    def losses_of(*weights):
+        values = dict(zip(names, weights))
+        return losses(lambda *args: torch.func.functional_call(net, values, args))
+
+    # The fused attention kernels have no forward-mode formula; the math kernel is made of ops that do.
+    # GroupNorm's forward-mode formula views its input, which attention's output is not laid out for.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), _contiguous_inputs(net, nn.GroupNorm):
+        try:
+            _, tangent = torch.func.jvp(losses_of, tuple(p.detach() for p in params), tuple(direction))
+        except NotImplementedError as error:
+            raise UserError(f"the exact credit (credit_delta=0) needs forward-mode autodiff through the model, "
+                            f"which one of its ops lacks ({str(error).splitlines()[0]}); use a central "
+                            f"difference instead, e.g. credit_delta=1e-4") from None
+    return tangent
+
+
 def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
                        optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
-                       strata: int = 64, delta: float = 1e-3, bins: int = 256,
+                       strata: int = 64, delta: float = 0.0, bins: int = 256,
                        variance: str = "fixed-large", probe_x0: torch.Tensor | None = None) -> torch.Tensor:
     """c_b for every sample of the DDPM batch (x0, t), float64 on the CPU. Larger is better. The model's
     weights are restored bit for bit; its .grad and the optimiser are not touched. The bound is probed on
@@ -157,7 +223,8 @@ def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torc
     probe_images = x0 if probe_x0 is None else probe_x0.detach().to(x0)
     return _batch_credit(net, lambda: bound_probe(net, schedule, probe_images, strata, generator, bins=bins,
                                                   variance=variance),
-                         lambda noise: mse_per_sample(net, schedule, x0, t, noise), x0, generator, optimizer, delta)
+                         lambda model, noise: mse_per_sample(model, schedule, x0, t, noise), x0, generator, optimizer,
+                         delta)
 
 
 def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta) -> torch.Tensor:
@@ -165,10 +232,10 @@ def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta) 
     stream), and used on both sides of the difference; NaN for every sample if there is no direction."""
     noise = []
 
-    def losses():
+    def losses(model):
         if not noise:
             noise.append(torch.randn(x0.shape, generator=generator).to(x0))
-        return loss_with_noise(noise[0])
+        return loss_with_noise(model, noise[0])
 
     credit = directional_credit(net, probe, losses, optimizer, delta=delta)
     return torch.full((len(x0),), float("nan"), dtype=torch.float64) if credit is None else credit
@@ -195,9 +262,9 @@ def flow_bound_probe(model, flow, x0: torch.Tensor, strata: int, generator: torc
 
 def flow_first_order_credit(model, flow, x0: torch.Tensor, t: torch.Tensor,
                             optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
-                            strata: int = 64, delta: float = 1e-3, t_min: float = 1e-3) -> torch.Tensor:
+                            strata: int = 64, delta: float = 0.0, t_min: float = 1e-3) -> torch.Tensor:
     """c_b for every sample of a rectified-flow batch (x0, t ∈ (0, 1)): the velocity loss of sample b along
     the preconditioned descent direction of the flow's bound (flow_bound_probe). Larger is better."""
     net, x0 = unwrap(model), x0.detach()
     return _batch_credit(net, lambda: flow_bound_probe(net, flow, x0, strata, generator, t_min=t_min),
-                         lambda noise: flow.loss(net, x0, t, noise), x0, generator, optimizer, delta)
+                         lambda model, noise: flow.loss(model, x0, t, noise), x0, generator, optimizer, delta)

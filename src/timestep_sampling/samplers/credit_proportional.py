@@ -26,7 +26,7 @@ from ..bound import log_strata
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import BoundOptions, first_order_credit
+from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .loss_aware import check_fraction, check_int
 
 
@@ -39,7 +39,7 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
     name = "credit-proportional"
 
     def __init__(self, schedule: NoiseSchedule, bands: int = 50, temperature: float = 1.0, uniform_mix: float = 0.3,
-                 decay: float = 0.9, update_every: int = 40, credit_strata: int = 64, credit_delta: float = 1e-3,
+                 decay: float = 0.9, update_every: int = 40, credit_strata: int = 64, credit_delta: float = 0.0,
                  bins: int = 256, variance: str = "fixed-large", seed: int = 0, unbiased: bool = False):
         super().__init__(schedule, unbiased)
         check_int("bands", bands, 1, self.T)
@@ -51,9 +51,7 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
         self.decay = check_fraction("decay", decay)
         self.update_every = check_int("update_every", update_every, 1)
         self.credit_strata = check_int("credit_strata", credit_strata, 1)
-        require(isinstance(credit_delta, (int, float)) and credit_delta > 0,
-                f"option credit_delta must be a number > 0, got {credit_delta!r}")
-        self.credit_delta = float(credit_delta)
+        self.credit_delta = check_credit_delta(credit_delta)
         self.configure_bound(bins, variance)
         self.seed = check_int("seed", seed, 0)
         n = len(self.edges) - 1
@@ -139,5 +137,4 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
 
     def __repr__(self) -> str:
         return (f"CreditProportionalSampler(T={self.T}, bands={len(self.edges) - 1}, temperature={self.temperature}, "
-                f"uniform_mix={self.uniform_mix}, K={self.update_every}"
-                + (f", credit_delta={self.credit_delta})" if self.credit_delta != 1e-3 else ")"))
+                f"uniform_mix={self.uniform_mix}, K={self.update_every}{credit_repr(self.credit_delta)})")

@@ -26,7 +26,7 @@ from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS
 from .continuous import EPS, ContinuousTimeSampler
-from .credit import flow_first_order_credit
+from .credit import LEGACY_DELTA, check_credit_delta, flow_first_order_credit
 from .fixed import check_batch_size, check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -51,14 +51,14 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
 
     Options: lr (Adam, 3e-2; 0 freezes), update_every (K = 20), entropy_coef (1e-2), grad_clip (1.0; None:
     off), uniform_mix (m, 0), credit_strata (64 log-spaced strata of [t_min, 1) in the bound probe),
-    credit_delta (1e-3), t_min (1e-3), timestep_scale (the model's conditioning is t·scale; 1000, as
+    credit_delta (0: exact, as the adaptive sampler's), t_min (1e-3), timestep_scale (the model's conditioning is t·scale; 1000, as
     diffusers' flow schedulers and the trainer), seed, unbiased."""
 
     name = "flow-adaptive"
 
     def __init__(self, schedule=None, lr: float = 3e-2, update_every: int = 20, entropy_coef: float = 1e-2,
                  grad_clip: float | None = 1.0, uniform_mix: float = 0.0, credit_strata: int = 64,
-                 credit_delta: float = 1e-3, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
+                 credit_delta: float = 0.0, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
                  seed: int = 0, unbiased: bool = False):
         super().__init__(schedule, unbiased=unbiased)
         self.lr = check_real("lr", lr)
@@ -70,7 +70,7 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         self.uniform_mix = check_real("uniform_mix", uniform_mix)
         require(0 <= self.uniform_mix < 1, f"option uniform_mix must lie in [0, 1), got {uniform_mix!r}")
         self.credit_strata = _count(credit_strata, "credit_strata")
-        self.credit_delta = check_real("credit_delta", credit_delta, positive=True)
+        self.credit_delta = check_credit_delta(credit_delta)
         self.t_min = check_real("t_min", t_min, positive=True)
         require(self.t_min < 1, f"option t_min must lie in (0, 1), got {t_min!r}")
         self.flow = RectifiedFlow(timestep_scale)
@@ -168,4 +168,6 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
             options["uniform_mix"] = self.uniform_mix
         if self.entropy_coef != 1e-2:
             options["entropy_coef"] = self.entropy_coef
+        if self.lr and self.credit_delta != LEGACY_DELTA:  # see AdaptiveSampler.__repr__
+            options.update({"credit": "'exact'"} if self.credit_delta == 0 else {"credit_delta": self.credit_delta})
         return options
