@@ -7,8 +7,8 @@ and how well a cheaper scan picks the probe set S.
 1. Cost per step, on the digits (make_unet(8, 1, "tiny"), batch 128, T = 1000) and at 32x32
    (make_unet(32, 3, "small"), batch 32, random images: the cost does not depend on content). One
    adaptive step in K does the sampler update; the other K − 1 only draw t from the policy. An update
-   with the credit (the default) is one backward pass of a 64-strata bound estimate and two forward
-   passes of the batch; with the paper's reward, probes of B·|S| images and the scan before and after. Both kinds
+   with the credit (the default) is one backward pass of a 64-strata bound estimate and one forward pass
+   of the batch carrying tangents (a central difference: two plain forward passes); with the paper's reward, probes of B·|S| images and the scan before and after. Both kinds
    are timed one step at a time, interleaved with uniform steps so that slow and fast periods of a
    shared machine hit every kind alike (medians over many repetitions), and
        ratio(K) = (t_update + (K − 1) t_plain) / (K t_uniform).
@@ -75,7 +75,8 @@ class Trainer:
 
 PAPER = {"reward": "paper", "conditioned": True}
 UPDATE_CONFIGS = {  # what an update step does
-    "credit, 64 probe strata (default)": {},
+    "credit, 64 probe strata (default: exact, forward mode)": {},
+    "credit by central difference, delta 1e-4": {"credit_delta": 1e-4},
     "credit, 32 probe strata": {"credit_strata": 32},
     "credit, 128 probe strata": {"credit_strata": 128},
     "paper: |S|=3, scan=50": PAPER,
@@ -85,7 +86,8 @@ UPDATE_CONFIGS = {  # what an update step does
     "paper: |S|=3, full scan (as published)": {**PAPER, "scan": None},
     "paper: |S|=3, scan=50, one probe pass": {**PAPER, "probe_batch": 10**6},
 }
-CIFAR_CONFIGS = ("credit, 64 probe strata (default)", "paper: |S|=3, scan=50", "paper: |S|=3, full scan (as published)")
+CIFAR_CONFIGS = ("credit, 64 probe strata (default: exact, forward mode)", "credit by central difference, delta 1e-4",
+                 "paper: |S|=3, scan=50", "paper: |S|=3, full scan (as published)")
 KS = (10, 20, 40, 80)
 
 

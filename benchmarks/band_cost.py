@@ -3,7 +3,7 @@
     python benchmarks/band_cost.py [--pairs 40] [--reps 6] [--threads 1]
 
 A plain step draws t by inverse CDF over the bands (one searchsorted); an update step (one in K) scores
-the credit of the batch plus one probe per band (43 at T = 1000: extra samples in the two forward passes)
+the credit of the batch plus one probe per band (43 at T = 1000: extra samples in the credit's forward pass)
 and moves the logits. Steps are timed one at a time, interleaved with uniform steps (medians), on the
 digits (tiny UNet, batch 128) and at 32x32 (small UNet, batch 32, random images), and
     ratio(K) = (t_update + (K − 1) t_plain) / (K t_uniform).
@@ -19,7 +19,8 @@ from adaptive_cost import KS, Trainer, digits
 from timestep_sampling import NoiseSchedule, make_sampler
 from timestep_sampling.models import make_unet
 
-CONFIGS = {"critic + probes (default)": {}, "critic, no probes": {"probe": False},
+CONFIGS = {"critic + probes (default: exact credit)": {}, "critic + probes, credit by difference at 1e-4":
+           {"credit_delta": 1e-4}, "critic, no probes": {"probe": False},
            "reinforce (Adam)": {"estimator": "reinforce"}}
 
 

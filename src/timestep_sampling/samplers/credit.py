@@ -9,11 +9,16 @@ preconditioner), which changes a bound estimate L̂ by, to first order,
     −η · ∇L̂ · P g_b = −η · c_b,        c_b = g_b · (P ∇L̂) = d/dδ loss_b(θ + δ·P∇L̂) at δ = 0.
 
 So c_b > 0 means "training on (x0_b, t_b) lowers the bound". It costs one backward pass of L̂ on a small
-probe batch and two forward passes of the training batch (a central difference at θ ± δ·d, d = P∇L̂
-scaled to unit RMS), all in eval mode (no dropout) and without touching the user's .grad.
+probe batch and one forward pass of the training batch carrying tangents along d = P∇L̂ (forward-mode
+autodiff: exact), or two plain forward passes for a central difference at θ ± δ·d (d scaled to unit RMS),
+all in eval mode (no dropout) and without touching the user's .grad. The difference was the default until
+2026-12-02: at δ = 1e-3 it was a third off at initialisation and had the wrong sign at t < 20 on a trained
+digits model, where one Adam-sized step is already outside the loss's linear range
+(benchmarks/credit_exactness.py); δ = 1e-4 is close to exact.
 
 What it assumes, and where it breaks:
-- Linearity over one step: exact as δ → 0; real steps are small (Adam moves each weight by ~lr).
+- Linearity over one step: the credit is the derivative, so it ranks samples by what an infinitesimal step
+  does; real steps are small (Adam moves each weight by ~lr) but at the smallest t not infinitesimal.
 - P is the preconditioner of the step about to be taken, read from the optimiser's state before the step
   (Adam/AdamW/NAdam/RAdam: 1/(√v̂ + ε); RMSprop: 1/(√avg + ε); SGD or no optimiser: the identity). Adam's
   momentum spreads b's gradient over later steps in the same direction, which scales every c_b alike.
