@@ -74,10 +74,13 @@ def test_preconditioner_is_the_identity_for_sgd_and_before_adams_first_step():
     assert torch.allclose(preconditioner(opt, p), 1 / (v_hat.sqrt() + 1e-8))
 
 
-def test_credit_ranks_the_band_that_helps_the_bound_first():
+@pytest.mark.parametrize("target", ["bound", "loss"])
+def test_credit_ranks_the_band_that_helps_the_bound_first(target):
+    """Both targets (the bound; the simple loss under uniform t) can only be lowered inside the band."""
     schedule, model, x0 = band_problem()
     t = torch.arange(0, 100, 100 // len(x0))[:len(x0)]
-    credit = first_order_credit(model, schedule, x0, t, generator=torch.Generator().manual_seed(0), bins=17)
+    credit = first_order_credit(model, schedule, x0, t, generator=torch.Generator().manual_seed(0), bins=17,
+                                target=target)
     inside = (t >= BAND.start) & (t < BAND.stop)
     assert credit[inside].min() > 0
     assert credit[~inside].abs().max() < 1e-6 * credit[inside].min()
@@ -157,6 +160,7 @@ def test_credit_options_are_checked():
     from timestep_sampling import UserError
     for spec in ["adaptive:reward=nope", "adaptive:credit_delta=-1e-3", "adaptive:uniform_mix=1",
                  "credit-proportional:credit_delta=nan", "adaptive-bands:credit_delta=-1",
+                 "adaptive:credit_target=fid",
                  "credit-proportional:temperature=0",
                  "credit-proportional:uniform_mix=2", "credit-proportional:bands=0"]:
         with pytest.raises(UserError) as e:
@@ -265,3 +269,19 @@ def test_exact_credit_runs_through_the_trainers_unet_and_matches_autograd():
     assert (exact - expected).abs().max() < 1e-4 * scale
     assert (coarse - expected).abs().max() > 1e-2 * scale
     assert all(p.grad is None for p in params)
+
+
+def test_loss_probe_is_an_unbiased_estimate_of_the_uniform_t_loss():
+    """E[loss_probe] = (1/T) Σ_t E_ε mse(t): against the exact average over every t with the same noise law."""
+    from timestep_sampling.samplers.credit import loss_probe
+
+    torch.manual_seed(0)
+    schedule, model = NoiseSchedule("linear", T=50), ConvEps(50).double()
+    x0 = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        draws = torch.stack([loss_probe(model, schedule, x0, 10, gen) for _ in range(400)])
+        noise = torch.randn((2000, 1, 4, 4), generator=gen, dtype=torch.float64)
+        t = torch.arange(50).repeat(40)
+        exact = mse_per_sample(model, schedule, x0.expand(2000, -1, -1, -1), t, noise).mean()
+    assert abs(draws.mean() - exact) < 4 * draws.std() / 400 ** 0.5 + 4e-3 * exact

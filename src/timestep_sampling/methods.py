@@ -36,6 +36,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-min-snr": ("adaptive", "min-snr"),
     "adaptive-mix": ("adaptive:uniform_mix=0.3", "none"),  # with a 30% uniform floor: keeps large t trained
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
+    # the credit of the simple loss under uniform t instead of the bound: what sample quality follows
+    "adaptive-loss": ("adaptive:credit_target=loss", "none"),
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
     "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
     # the credit's central difference at δ = 1e-4: close to exact, and half the cost of the exact credit on the digits

@@ -66,7 +66,7 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import BoundOptions, check_credit_delta, credit_repr, eval_mode, first_order_credit, unwrap
+from .credit import CREDIT_TARGETS, BoundOptions, check_credit_delta, credit_repr, eval_mode, first_order_credit, unwrap
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -173,6 +173,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                       standardised over the batch; "paper": eq. 14 as published, the faithful control,
                       whose reward carries almost no information about the sample's timestep (METHOD.md §7).
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
+      credit_target   what the credit is the derivative of: "bound" (default: the variational bound) or
+                      "loss" (the simple ε-loss under uniform t, which sample quality follows more closely).
       credit_delta    0 (default): the exact credit by forward-mode autodiff; > 0: a central difference
                       with this step along the unit-RMS direction (1e-4 is close to exact and cheaper).
       uniform_mix     m: draw u uniformly with probability m, from the Beta otherwise (0). A floor that keeps
@@ -214,11 +216,14 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                  variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
-                 credit_delta: float = 0.0, uniform_mix: float = 0.0):
+                 credit_delta: float = 0.0, uniform_mix: float = 0.0, credit_target: str = "bound"):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
         self.credit_delta = check_credit_delta(credit_delta)
+        require(credit_target in CREDIT_TARGETS,
+                f"unknown credit_target {credit_target!r}; valid choices: {', '.join(CREDIT_TARGETS)}")
+        self.credit_target = credit_target
         require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
         self.conditioned = conditioned
         super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
@@ -419,7 +424,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         credit = first_order_credit(model, self.schedule, x0.detach(), t, optimizer,
                                     generator=self._stream(_BATCH_NOISE, distributed.rank()),
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
-                                    variance=self.variance)
+                                    variance=self.variance, target=self.credit_target)
         return policy_input, u, credit
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
@@ -566,6 +571,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
             # a frozen policy (lr = 0) never uses its credit: what it trains does not depend on how it is taken
             mix += credit_repr(self.credit_delta) if self.lr else ""
+            mix += f", credit_target={self.credit_target!r}" if self.credit_target != "bound" else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
                     f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")
         return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "

@@ -135,6 +135,21 @@ def bound_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, g
     return (terms * weights).sum()
 
 
+def loss_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, generator: torch.Generator) -> torch.Tensor:
+    """An unbiased estimate of the simple loss E_t ‖ε − ε_θ(x_t, t)‖² under uniform t, with autograd: one t
+    from each of `strata` equal strata of [0, T), each on its own image of x0. The loss a user trains with
+    uniform t, and the one that sample quality follows more closely than the bound (which lives at small t)."""
+    edges = torch.linspace(0, schedule.T, strata + 1).round().long()
+    v = torch.rand(strata, generator=generator, dtype=torch.float64)
+    t = (edges[:-1] + (v * (edges[1:] - edges[:-1])).long()).clamp(max=schedule.T - 1).to(x0.device)
+    images = x0[torch.arange(strata) % len(x0)]
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    return mse_per_sample(model, schedule, images, t, noise).double().mean()
+
+
+CREDIT_TARGETS = ("bound", "loss")
+
+
 def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | None = None, *,
                        delta: float = 0.0) -> torch.Tensor:
     """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS.
@@ -220,14 +235,22 @@ def _forward_mode(net, params, direction, losses) -> torch.Tensor:
 def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
                        optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
                        strata: int = 64, delta: float = 0.0, bins: int = 256,
-                       variance: str = "fixed-large", probe_x0: torch.Tensor | None = None) -> torch.Tensor:
+                       variance: str = "fixed-large", probe_x0: torch.Tensor | None = None,
+                       target: str = "bound") -> torch.Tensor:
     """c_b for every sample of the DDPM batch (x0, t), float64 on the CPU. Larger is better. The model's
-    weights are restored bit for bit; its .grad and the optimiser are not touched. The bound is probed on
-    `probe_x0` (default: the batch itself); held-out images make the credit score what generalises."""
+    weights are restored bit for bit; its .grad and the optimiser are not touched. The target is probed on
+    `probe_x0` (default: the batch itself); held-out images make the credit score what generalises.
+    target "bound": the variational bound (bits/dim); "loss": the simple loss under uniform t (loss_probe)."""
+    require(target in CREDIT_TARGETS, f"unknown credit target {target!r}; valid choices: {', '.join(CREDIT_TARGETS)}")
     net, x0 = unwrap(model), x0.detach()
     probe_images = x0 if probe_x0 is None else probe_x0.detach().to(x0)
-    return _batch_credit(net, lambda: bound_probe(net, schedule, probe_images, strata, generator, bins=bins,
-                                                  variance=variance),
+
+    def probe():
+        if target == "loss":
+            return loss_probe(net, schedule, probe_images, strata, generator)
+        return bound_probe(net, schedule, probe_images, strata, generator, bins=bins, variance=variance)
+
+    return _batch_credit(net, probe,
                          lambda model, noise: mse_per_sample(model, schedule, x0, t, noise), x0, generator, optimizer,
                          delta)
 
