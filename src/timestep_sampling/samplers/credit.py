@@ -154,7 +154,7 @@ def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | No
                        delta: float = 0.0) -> torch.Tensor:
     """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS.
 
-    `probe()` returns a scalar bound estimate with autograd; `losses(model)` the per-sample training losses
+    `probe()` returns a scalar estimate of the target (the bound) with autograd; `losses(model)` the per-sample losses
     of `model(x_t, t)` (called with fixed noise inside). delta > 0: a central difference at θ ± δ·d, two
     forward passes. delta = 0: the exact directional derivative by forward-mode autodiff (torch.func.jvp),
     one forward pass carrying tangents. Both run in eval mode; the weights are restored bit for bit and
