@@ -52,13 +52,14 @@ def test_sigkill_at_random_points_never_leaves_a_broken_checkpoint_and_resume_is
         existing = {p.name for p in list_checkpoints(out / "checkpoints")}
         resume = ["--resume"] if existing else []
         proc = subprocess.Popen(command + resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Kill at a random moment within a random step ahead of the last checkpoint: waiting for that step's
+        # checkpoint (not a wall-clock delay) keeps every kill inside training however fast the machine is.
+        done = max((int(p.name.split("_")[1]) for p in list_checkpoints(out / "checkpoints")), default=0)
+        target = out / "checkpoints" / f"step_{min(done + rng.randint(1, 4), STEPS - 2):08d}"
         deadline = time.monotonic() + 60
-        # Wait until this process has written a checkpoint of its own, then kill it at a random moment.
-        while proc.poll() is None and time.monotonic() < deadline:
-            if {p.name for p in list_checkpoints(out / "checkpoints")} - existing:
-                break
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.5))
+        while proc.poll() is None and time.monotonic() < deadline and not target.exists():
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.02))
         if proc.poll() is None and attempt < 3:
             proc.send_signal(signal.SIGKILL)
             kills += 1
