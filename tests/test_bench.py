@@ -316,6 +316,11 @@ def test_unknown_names_are_user_errors_listing_the_valid_ones(tmp_path, option, 
         bench.make_settings(tmp_path, **{option: bad})
 
 
+def test_report_only_needs_a_records_folder(tmp_path):
+    with pytest.raises(UserError, match="add --records FOLDER"):
+        bench.make_settings(tmp_path, report_only=True)
+
+
 def test_cli_bench_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "b"), "--methods", "uniform,bogus"]) == 2
     err = capsys.readouterr().err
@@ -348,6 +353,14 @@ def test_records_fill_a_grid_across_invocations_and_the_report_covers_them_all(t
     assert {r["method"] for r in results["records"]} == {"uniform", learned}
     track = json.loads((records / f"{bench.run_name(learned, 'linear', 0)}.json").read_text())["sampler"]
     assert track["alpha"] > 0 and track["tv_from_start"] > 0 and len(track["density"][0]) == 10
+
+    # --report-only trains nothing: an unrecorded cell is named and left out, the recorded ones are reported.
+    shutil.copytree(classifier_cache, tmp_path / "e" / "classifier")
+    report = bench.run_bench(tiny_settings(tmp_path / "e", records=str(records), methods="uniform,p2",
+                                           report_only=True))
+    assert report["trained"] == 0 and report["recorded"] == 1 and report["missing"] == 1
+    assert not (tmp_path / "e" / "runs").exists() and not (records / "p2__linear__s0.json").exists()
+    assert "uniform" in (tmp_path / "e" / "report.md").read_text()
 
     # A preset whose defaults changed since its record was made is another method: run again.
     same = tiny_settings(tmp_path / "d", methods="uniform")

@@ -90,6 +90,7 @@ class BenchSettings:
     quick: bool = False
     progress: bool = True
     records: str | None = None  # a folder of per-run records (bench_records.py): skip what is there, report all
+    report_only: bool = False   # with records: train nothing, report what is recorded
     objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
 
@@ -160,6 +161,8 @@ def validate(settings: BenchSettings) -> None:
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")
     require(settings.eval_every <= settings.steps,
             f"--eval-every ({settings.eval_every}) must not exceed --steps ({settings.steps})")
+    require(not settings.report_only or settings.records,
+            "--report-only reports what a --records folder holds: add --records FOLDER")
     if settings.inception is not None:
         require(Path(settings.inception).is_file(),
                 f"--inception {settings.inception!r} is not a file; expected a TorchScript feature network "
@@ -530,12 +533,14 @@ def run_bench(settings: BenchSettings) -> dict:
     # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
     grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
     for cell in grid:
+        if settings.report_only:
+            break
         recorded = settings.records and read_record(settings.records, run_name(*cell), settings,
                                                     method_fingerprint(cell[0], cell[1], settings.T))
         if not cell[0].endswith(FINAL_SUFFIX) and not recorded:
             run_state(run_config(settings, *cell), method_fingerprint(cell[0], cell[1], settings.T))  # fail early
     scorers, classifier = build_scorers(settings, device, out)
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0}
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0, "missing": 0}
     method_costs: dict[str, dict] = {m: {"trained": 0, "rate": [], "run_seconds": []} for m in settings.methods}
     score_seconds = []
     records = []
@@ -549,6 +554,10 @@ def run_bench(settings: BenchSettings) -> dict:
             counts["recorded"] += 1
             records += kept["evals"]
             bar.write(f"{name}: recorded in {settings.records} (commit {str(kept['provenance']['commit'])[:10]})")
+            continue
+        if settings.report_only:
+            counts["missing"] += 1
+            bar.write(f"{name}: not recorded under these settings, left out (--report-only)")
             continue
         cfg = run_config(settings, method, schedule, seed)
         start = time.perf_counter()

@@ -193,13 +193,14 @@ def _bench(args) -> None:
                              seeds=args.seeds, only_seeds=_seed_list(args.only_seeds), steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
-                             records=args.records, objective=args.objective,
+                             records=args.records, report_only=args.report_only or None, objective=args.objective,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
     print(result["headline"])
     print(f"wrote {result['report']} ({result['records']} records; {result['trained']} runs trained, "
           f"{result['resumed']} resumed, {result['skipped']} already finished, {result['recorded']} taken from "
-          f"records; {result['total_seconds']:.0f} s)")
+          f"records" + (f", {result['missing']} not recorded and left out" if result["missing"] else "")
+          + f"; {result['total_seconds']:.0f} s)")
 
 
 def _add_bench_parser(sub) -> None:
@@ -234,6 +235,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
                                      "the same settings are skipped, each finished run adds its record, and the "
                                      "report covers every record")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --records: train nothing; report the recorded runs and name the cells that are not")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every checkpoint (default: only each run's last, once scored)")
     p.add_argument("--no-progress", action="store_true")
