@@ -49,12 +49,12 @@ def test_sigkill_at_random_points_never_leaves_a_broken_checkpoint_and_resume_is
     rng = random.Random(int(os.environ.get("KILL_SEED", 0)))
     kills = 0
     for attempt in range(4):  # three kills at random points, then a run to the end
-        existing = {p.name for p in list_checkpoints(out / "checkpoints")}
-        resume = ["--resume"] if existing else []
+        latest = latest_checkpoint(out / "checkpoints")
+        resume = ["--resume"] if latest else []
         proc = subprocess.Popen(command + resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Kill at a random moment within a random step ahead of the last checkpoint: waiting for that step's
         # checkpoint (not a wall-clock delay) keeps every kill inside training however fast the machine is.
-        done = max((int(p.name.split("_")[1]) for p in list_checkpoints(out / "checkpoints")), default=0)
+        done = int(latest.name.removeprefix("step_")) if latest else 0
         target = out / "checkpoints" / f"step_{min(done + rng.randint(1, 4), STEPS - 2):08d}"
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline and not target.exists():
