@@ -10,6 +10,7 @@ from timestep_sampling.checkpoint import latest_checkpoint
 from timestep_sampling.config import make_config
 from timestep_sampling.data import load_data
 from timestep_sampling.evaluate import evaluate_checkpoint, sample_checkpoint
+from timestep_sampling.flow import FlowLikelihood
 from timestep_sampling.objectives import FlowObjective
 from timestep_sampling.train import Trainer, check_compatible, train
 
@@ -97,10 +98,11 @@ def test_resume_refuses_another_objective_and_reads_old_checkpoints_as_ddpm():
         check_compatible(meta, make_config(method="flow-uniform", objective="flow"), data)
 
 
-def test_evaluate_and_sample_refuse_a_flow_checkpoint(tmp_path):
+def test_evaluate_and_sample_read_a_flow_checkpoint(tmp_path):
+    """The Python side of `evaluate` and `sample` (tests/test_flow_cli.py has the command line's)."""
     out = tmp_path / "run"
     train(flow_config(out, steps=10, eval_every=0, num_samples=0), progress=False)
-    with pytest.raises(UserError, match="evaluate and sample read DDPM checkpoints only"):
-        evaluate_checkpoint(out, progress=False)
-    with pytest.raises(UserError, match="evaluate and sample read DDPM checkpoints only"):
-        sample_checkpoint(out, tmp_path / "x.png", progress=False)
+    result = evaluate_checkpoint(out, exact=False, progress=False)
+    assert isinstance(result, FlowLikelihood) and result.trace == "hutchinson" and len(result.per_sample) == 8
+    assert 0 < result.bpd < 20
+    assert sample_checkpoint(out, tmp_path / "x.png", num=4, progress=False).stat().st_size > 0

@@ -23,12 +23,14 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate, write_record
 
-    result = evaluate_checkpoint(args.checkpoint, exact=not args.estimate, data=args.data, device=args.device,
-                                 progress=not args.no_progress)
-    kind = "exact" if result.exact else "stratified estimate"
-    print(f"test bits/dim: {result.total:.4f} ({kind}; prior term {result.prior:.2e})")
+    result = evaluate(args.checkpoint, exact=not args.estimate, data=args.data, device=args.device,
+                      progress=not args.no_progress, images=args.images, seed=args.seed, trace=args.trace,
+                      probes=args.probes, ode_steps=args.ode_steps, ode_solver=args.ode_solver)
+    print(result.line())
+    if args.json:
+        print(f"wrote {write_record(result, args.json)}")
 
 
 def _sample(args) -> None:
@@ -284,10 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="test bits/dim of a checkpoint")
+    p = sub.add_parser("evaluate", help="test bits/dim of a checkpoint (DDPM: the variational bound; rectified "
+                                        "flow: the probability-flow ODE's likelihood)")
     p.add_argument("--checkpoint", required=True, help="a run folder or checkpoints/step_XXXXXXXX folder")
     p.add_argument("--data", help="score on this data's test split instead of the run's own")
-    p.add_argument("--estimate", action="store_true", help="stratified estimate instead of the exact sum over T")
+    p.add_argument("--estimate", action="store_true",
+                   help="DDPM: the stratified estimate instead of the exact sum over T; flow: the trainer's "
+                        "in-training estimate (its eval_images test images, eval_steps ODE steps)")
+    p.add_argument("--images", type=int, help="score only the first N test images (default all; flow with "
+                                              "--estimate: the run's eval_images, 64)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the bound's noise, or the flow's dequantisation "
+                                                       "noise and trace probes (default 0, as the trainer)")
+    p.add_argument("--trace", help="flow: hutchinson (default, as the trainer), exact (the Jacobian's diagonal by "
+                                   "autograd: one model input per dimension) or auto (exact up to 64 dimensions)")
+    p.add_argument("--probes", type=int, help="flow: Hutchinson's ±1 probes per image (default: the run's, 2)")
+    p.add_argument("--ode-steps", type=int, help="flow: fixed ODE steps from t = 0 to 1 (default: the run's "
+                                                 "final_steps, 32; with --estimate its eval_steps, 8)")
+    p.add_argument("--ode-solver", help="flow: rk4 (default, as the trainer) or heun")
+    p.add_argument("--json", help="also write the result, with how it was computed, to this JSON file")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -296,8 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--out", required=True, help="the PNG file to write")
-    p.add_argument("--method", default="ddpm", help="ddpm (ancestral, all T steps) or ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--method", help="DDPM checkpoint: ddpm (ancestral, all T steps; the default) or ddim; "
+                                    "rectified-flow checkpoint: euler or heun (default: the run's sample_solver, "
+                                    "euler unless its --objective spec set it)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 50), or Euler/Heun steps (default: the run's "
+                                             "sample_steps, 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
