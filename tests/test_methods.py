@@ -16,20 +16,31 @@ BANDS = {name for name, (sampler, _) in METHODS.items() if sampler.split(":")[0]
 def test_presets_are_the_documented_pairs():
     assert METHODS["speed"] == ("speed", "speed")
     assert METHODS["speed-2024"] == ("speed-2024", "speed-2024")
-    assert METHODS["adaptive-min-snr"] == ("adaptive", "min-snr")
+    assert METHODS["adaptive-min-snr"] == ("adaptive:credit_target=objective", "min-snr")
     assert METHODS["adaptive-frozen"] == ("adaptive:lr=0", "none")
-    assert available_methods() == sorted(METHODS)
     assert METHODS["adaptive-paper"] == ("adaptive:reward=paper,conditioned=True", "none")
     assert METHODS["adaptive-full-scan"] == ("adaptive:reward=paper,conditioned=True,scan=None", "none")
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix", "adaptive-fine", "adaptive-coarse", "adaptive-loss",
-                              "adaptive-mix-coarse"}
+                              "adaptive-mix-coarse", "adaptive-unbiased"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
                      "adaptive-bands-mild", "adaptive-bands-fast",
                      "adaptive-bands-fine", "adaptive-bands-coarse"}
     assert METHODS["adaptive-bands-heldout"] == ("adaptive-bands:holdout=0.1,credit_delta=1e-3", "none")
     assert METHODS["adaptive-bands-reinforce"] == ("adaptive-bands:estimator=reinforce,credit_delta=1e-3", "none")
+
+
+def test_the_offered_methods_are_few_and_ablations_stay_reachable():
+    offered, ablations = available_methods(), available_methods(ablations=True)
+    assert len(offered) <= 25 and not set(offered) & set(ablations)
+    assert sorted(offered + ablations) == sorted(METHODS)
+    assert {"uniform", "min-snr", "speed", "adaptive", "adaptive-mix", "adaptive-paper", "flow-adaptive"} <= set(offered)
+    assert not any(name.endswith(("-coarse", "-fine")) or name.startswith("adaptive-bands") for name in offered)
+    make_method("adaptive-bands-coarse", LINEAR)  # an ablation still builds by name, for its records
+    with pytest.raises(UserError) as error:
+        make_method("no-such-method", LINEAR)
+    assert "adaptive-bands" not in str(error.value) and "adaptive-mix" in str(error.value)
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - NEEDS_ADAPTIVE - BANDS))
@@ -105,7 +116,7 @@ def test_unknown_methods_raise_one_clear_error(name, message):
     ("uniform", None, None, "uniform"),
     ("min-snr", None, None, "min-snr"),
     ("uniform", "adaptive", None, "adaptive"),  # a preset overridden into another preset's pair
-    ("adaptive-min-snr", None, "none", "adaptive"),
+    ("adaptive-min-snr", "adaptive", "none", "adaptive"),
     ("uniform", "adaptive:update_every=4", None, "adaptive:update_every=4+none"),  # the case
     ("min-snr", "logit-normal:mean=0,std=1", None, "logit-normal:mean=0,std=1+min-snr"),
     ("uniform", None, "p2:gamma=0.5", "uniform+p2:gamma=0.5"),

@@ -16,8 +16,8 @@ from .samplers import TimestepSampler, make_sampler
 from .schedule import NoiseSchedule
 from .weighting import LossWeighting, make_weighting
 
-# name -> (sampler spec, weighting spec)
-METHODS: dict[str, tuple[str, str]] = {
+# name -> (sampler spec, weighting spec): the methods a user should consider (available_methods()).
+PRESETS: dict[str, tuple[str, str]] = {
     "uniform": ("uniform", "none"),
     "p2": ("uniform", "p2"),
     "min-snr": ("uniform", "min-snr"),
@@ -27,20 +27,41 @@ METHODS: dict[str, tuple[str, str]] = {
     "speed-2024": ("speed-2024", "speed-2024"),
     "variance": ("variance", "none"),
     "loss-second-moment": ("loss-second-moment", "none"),
-    "beta-0.95": ("beta:a=0.95,b=0.95", "none"),
-    # The learned sampler: a global Beta trained on the first-order credit (samplers/credit.py), exact by
-    # forward-mode autodiff. "-coarse" presets take the credit by a central difference at δ = 1e-3 (the default
-    # until 2026-12-02: a third off at initialisation and of the wrong sign at t < 20 on a trained digits model,
-    # benchmarks/credit_exactness.py); they are kept for the records made with it.
+    # The learned sampler: a global Beta trained on the exact first-order credit (samplers/credit.py).
     "adaptive": ("adaptive", "none"),
-    "adaptive-min-snr": ("adaptive", "min-snr"),
     "adaptive-mix": ("adaptive:uniform_mix=0.3", "none"),  # with a 30% uniform floor: keeps large t trained
+    # trained with Min-SNR-5 weighting, its credit taken against that weighted objective (the paper's Tab. 3 pairing)
+    "adaptive-min-snr": ("adaptive:credit_target=objective", "min-snr"),
+    # an importance sampler: the training objective stays the uniform-t loss (weights 1/(T p_t), floored at
+    # 30 % uniform so no weight exceeds 3.3), the sampler only changes how fast it is lowered
+    "adaptive-unbiased": ("adaptive:unbiased=True,uniform_mix=0.3,credit_target=objective", "none"),
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
-    # the credit of the simple loss under uniform t instead of the bound: what sample quality follows
+    # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
+    "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
+    # rectified flow: continuous t in (0, 1), weights on the velocity MSE
+    "flow-uniform": ("flow-uniform", "flow-none"),
+    "flow-logit-normal": ("flow-logit-normal", "flow-none"),  # SD3's default
+    "flow-mode": ("flow-mode", "flow-none"),
+    "flow-cosmap": ("flow-cosmap", "flow-none"),
+    "flow-min-snr": ("flow-uniform", "flow-min-snr"),
+    # the learned Beta on t for flows (samplers/flow_adaptive.py), its floored variant, its objective-credit
+    # variant and its frozen control
+    "flow-adaptive": ("flow-adaptive", "flow-none"),
+    "flow-adaptive-mix": ("flow-adaptive:uniform_mix=0.3", "flow-none"),
+    "flow-adaptive-min-snr": ("flow-adaptive:credit_target=objective", "flow-min-snr"),
+    "flow-adaptive-frozen": ("flow-adaptive:lr=0", "flow-none"),
+}
+
+# Ablations and superseded variants: reachable by name, so every record made with them still reports, but
+# not offered (available_methods(ablations=True) lists them).
+ABLATIONS: dict[str, tuple[str, str]] = {
+    "beta-0.95": ("beta:a=0.95,b=0.95", "none"),  # the fixed Beta the learned sampler starts near
+    # the credit of the simple loss under uniform t instead of the bound (superseded by credit_target=objective)
     "adaptive-loss": ("adaptive:credit_target=loss", "none"),
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
     "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
-    # the credit's central difference at δ = 1e-4: close to exact, and half the cost of the exact credit on the digits
+    # the credit's central difference at δ = 1e-4 (close to exact, half the cost on the digits) and at
+    # δ = 1e-3 (the default before the exact credit: a third off at initialisation, docs/changelog.md)
     "adaptive-fine": ("adaptive:credit_delta=1e-4", "none"),
     "credit-proportional-fine": ("credit-proportional:credit_delta=1e-4", "none"),
     "adaptive-coarse": ("adaptive:credit_delta=1e-3", "none"),
@@ -53,39 +74,30 @@ METHODS: dict[str, tuple[str, str]] = {
     "adaptive-bands-coarse": ("adaptive-bands:credit_delta=1e-3", "none"),
     # ablations of adaptive-bands-coarse (measured with the δ = 1e-3 credit, which they keep):
     "adaptive-bands-reinforce": ("adaptive-bands:estimator=reinforce,credit_delta=1e-3", "none"),  # per-sample, Adam
-    # the critic sees only the draws
-    "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0,credit_delta=1e-3", "none"),
+    "adaptive-bands-unprobed": ("adaptive-bands:probe=False,smooth=2.0,credit_delta=1e-3", "none"),  # critic sees draws only
     # the bound probed on 10 % of the training images, kept out of training (the credit then scores what generalises)
     "adaptive-bands-heldout": ("adaptive-bands:holdout=0.1,credit_delta=1e-3", "none"),
     # a 4x higher temperature (the critic's fixed point θ = (V − V̄)/c_ent): a milder tilt, as credit-proportional's
     "adaptive-bands-mild": ("adaptive-bands:entropy_coef=2.0,credit_delta=1e-3", "none"),
     # a short memory and fast steps (critic decay 0.9, lr 0.5), as credit-proportional's: does committing early matter?
     "adaptive-bands-fast": ("adaptive-bands:decay=0.9,lr=0.5,credit_delta=1e-3", "none"),
-    # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
-    "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
-    "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # + its scan of all T
-    # rectified flow: continuous t in (0, 1), weights on the velocity MSE
-    "flow-uniform": ("flow-uniform", "flow-none"),
-    "flow-logit-normal": ("flow-logit-normal", "flow-none"),  # SD3's default
-    "flow-mode": ("flow-mode", "flow-none"),
-    "flow-cosmap": ("flow-cosmap", "flow-none"),
+    "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # adaptive-paper + a scan of all T
     "flow-elbo": ("flow-uniform", "flow-elbo"),
-    "flow-min-snr": ("flow-uniform", "flow-min-snr"),
     "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
     "flow-beta-0.95": ("flow-beta:a=0.95,b=0.95", "flow-none"),
-    # the learned Beta on t for flows (samplers/flow_adaptive.py), its frozen control and its floored variant
-    "flow-adaptive": ("flow-adaptive", "flow-none"),
-    "flow-adaptive-frozen": ("flow-adaptive:lr=0", "flow-none"),
-    "flow-adaptive-mix": ("flow-adaptive:uniform_mix=0.3", "flow-none"),
     "flow-adaptive-coarse": ("flow-adaptive:credit_delta=1e-3", "flow-none"),  # as adaptive-coarse
 }
+
+METHODS: dict[str, tuple[str, str]] = {**PRESETS, **ABLATIONS}  # every name make_method reads
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.
 _JOIN = re.compile(r"\+(?=[A-Za-z])")
 
 
-def available_methods() -> list[str]:
-    return sorted(METHODS)
+def available_methods(ablations: bool = False) -> list[str]:
+    """The methods a user should consider; with ablations=True, the ablations and superseded variants
+    instead (kept by name so that the records made with them still report)."""
+    return sorted(ABLATIONS if ablations else PRESETS)
 
 
 def method_specs(name: str) -> tuple[str, str]:
@@ -97,7 +109,7 @@ def method_specs(name: str) -> tuple[str, str]:
     if len(parts) == 2:
         require(all(p.strip() for p in parts), f"cannot read method {name!r}; expected 'sampler+weighting'")
         return parts[0].strip(), parts[1].strip()
-    error = unknown_choice("method", name, METHODS)
+    error = unknown_choice("method", name, PRESETS)
     raise UserError(f"{error}; or pair any sampler and weighting as 'sampler+weighting', e.g. 'speed+min-snr:gamma=5'")
 
 
@@ -133,6 +145,7 @@ def make_method(name: str, schedule: NoiseSchedule | None = None, prediction: st
         kinds = {True: "continuous times t in (0, 1) (rectified flow)", False: "discrete timesteps"}
         raise UserError(f"method {name!r} pairs a sampler of {kinds[sampler.continuous]} with a weighting of "
                         f"{kinds[weighting.continuous]}; pair flow-... with flow-...")
+    sampler.pair_weighting(weighting)  # a credit that targets the loop's objective needs its weighting
     return sampler, weighting
 
 

@@ -80,6 +80,7 @@ def build_method(cfg: TrainConfig, schedule: NoiseSchedule, data: ImageDataset):
     Samplers that score the bound themselves (adaptive) are told the data's quantisation."""
     sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
     sampler, weighting = make_sampler(sampler_spec, schedule), make_weighting(weighting_spec, schedule)
+    sampler.pair_weighting(weighting)  # a credit that targets the loop's objective needs its weighting
     if hasattr(sampler, "configure_bound"):
         sampler.configure_bound(bins=data.bins, variance=cfg.variance)
     return sampler, weighting

@@ -66,7 +66,8 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler
-from .credit import CREDIT_TARGETS, BoundOptions, check_credit_delta, credit_repr, eval_mode, first_order_credit, unwrap
+from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
+                     loop_weights, target_name, unwrap)
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -173,8 +174,11 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                       standardised over the batch; "paper": eq. 14 as published, the faithful control,
                       whose reward carries almost no information about the sample's timestep (METHOD.md §7).
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
-      credit_target   what the credit is the derivative of: "bound" (default: the variational bound) or
-                      "loss" (the simple ε-loss under uniform t, which sample quality follows more closely).
+      credit_target   what the credit is the derivative of: "bound" (default: the variational bound),
+                      "loss" (the simple ε-loss under uniform t, which sample quality follows more closely),
+                      "objective" (the weighted loss the loop trains: Σ_t w_t E‖ε − ε̂‖² / T with the weighting
+                      make_method pairs it with), or a weighting itself (make_weighting(...)), for the same in a
+                      loop of one's own. With an objective each sample's credit is scaled by its loss weight.
       credit_delta    0 (default): the exact credit by forward-mode autodiff; > 0: a central difference
                       with this step along the unit-RMS direction (1e-4 is close to exact and cheaper).
       uniform_mix     m: draw u uniformly with probability m, from the Beta otherwise (0). A floor that keeps
@@ -221,9 +225,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
         self.credit_delta = check_credit_delta(credit_delta)
-        require(credit_target in CREDIT_TARGETS,
-                f"unknown credit_target {credit_target!r}; valid choices: {', '.join(CREDIT_TARGETS)}")
-        self.credit_target = credit_target
+        self.credit_target = check_credit_target(credit_target)
         require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
         self.conditioned = conditioned
         super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
@@ -421,10 +423,13 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         """The first-order credit of every sample for its own timestep (credit.py), before the step."""
         policy_input, u = self._take_last_sample(x0)
         t = u_to_t(u, self.T, self.mapping).to(x0.device)
+        weights = loop_weights(self.credit_target, self.loss_weighting, t,
+                               self.importance_weights(t.cpu()) if self.unbiased else None)
         credit = first_order_credit(model, self.schedule, x0.detach(), t, optimizer,
                                     generator=self._stream(_BATCH_NOISE, distributed.rank()),
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
-                                    variance=self.variance, target=self.credit_target)
+                                    variance=self.variance, target=self.credit_target, weighting=self.loss_weighting,
+                                    loss_weights=weights)
         return policy_input, u, credit
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
@@ -565,13 +570,23 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         self.draws = int(state.get("draws", 0))  # absent from checkpoints written before 2026-11-25
         self._last_sample, self._pmf_cache, self._ab_cache = None, None, None
 
+    def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
+        """The method ("sampler+weighting") of a fixed Beta at this policy's final (α, β) (`final["alpha"]`,
+        `final["beta"]`, as the bench records them), unweighted, as the bench's `adaptive-final` control has
+        always been trained (`spec` and `weighting` are not carried over); None for a policy with no one
+        final Beta (conditioned on x0)."""
+        if final.get("alpha") is None or final.get("beta") is None:
+            return None
+        return f"beta:a={final['alpha']:.6g},b={final['beta']:.6g}+none"
+
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
         if self.reward == "credit":
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
             # a frozen policy (lr = 0) never uses its credit: what it trains does not depend on how it is taken
             mix += credit_repr(self.credit_delta) if self.lr else ""
-            mix += f", credit_target={self.credit_target!r}" if self.credit_target != "bound" else ""
+            mix += f", credit_target={target_name(self.credit_target)!r}" if self.credit_target != "bound" else ""
+            mix += ", unbiased=True" if self.unbiased else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
                     f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")
         return (f"AdaptiveSampler(T={self.T}, reward='paper', conditioned={self.conditioned}, lr={self.lr}, "

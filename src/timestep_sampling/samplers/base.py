@@ -40,6 +40,12 @@ class TimestepSampler:
                             f"unbiased importance weights; use unbiased=False")
 
     has_pmf = True  # False for samplers whose distribution over t is only implicit
+    loss_weighting = None  # the weighting the loop trains with, where a learned sampler's credit needs it
+
+    def pair_weighting(self, weighting) -> None:
+        """Tell the sampler the loss weighting the loop trains with (make_method and the trainer do). Only a
+        learned sampler whose credit targets the loop's objective (credit_target="objective") uses it."""
+        self.loss_weighting = weighting
 
     def probabilities(self) -> torch.Tensor:
         """The length-T pmf over t (float64, CPU)."""

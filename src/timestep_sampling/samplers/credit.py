@@ -135,19 +135,69 @@ def bound_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, g
     return (terms * weights).sum()
 
 
-def loss_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, generator: torch.Generator) -> torch.Tensor:
-    """An unbiased estimate of the simple loss E_t ‖ε − ε_θ(x_t, t)‖² under uniform t, with autograd: one t
-    from each of `strata` equal strata of [0, T), each on its own image of x0. The loss a user trains with
-    uniform t, and the one that sample quality follows more closely than the bound (which lives at small t)."""
+def loss_probe(model, schedule: NoiseSchedule, x0: torch.Tensor, strata: int, generator: torch.Generator,
+               weighting=None) -> torch.Tensor:
+    """An estimate of the simple loss E_t ‖ε − ε_θ(x_t, t)‖² under uniform t, with autograd: one t from each
+    of `strata` equal strata of [0, T), each on its own image of x0. The loss a user trains with uniform t,
+    and the one that sample quality follows more closely than the bound (which lives at small t).
+    With a `weighting` (weighting.LossWeighting): the user's weighted objective (1/T) Σ_t w_t E‖ε − ε_θ‖²,
+    unbiased, each stratum counted by its width."""
     edges = torch.linspace(0, schedule.T, strata + 1).round().long()
     v = torch.rand(strata, generator=generator, dtype=torch.float64)
     t = (edges[:-1] + (v * (edges[1:] - edges[:-1])).long()).clamp(max=schedule.T - 1).to(x0.device)
     images = x0[torch.arange(strata) % len(x0)]
     noise = torch.randn(images.shape, generator=generator).to(images)
-    return mse_per_sample(model, schedule, images, t, noise).double().mean()
+    mse = mse_per_sample(model, schedule, images, t, noise).double()
+    if weighting is None:
+        return mse.mean()
+    width = (edges[1:] - edges[:-1]).double().to(mse.device) / schedule.T
+    return (width * weighting.weights(t).double() * mse).sum()
 
 
-CREDIT_TARGETS = ("bound", "loss")
+# What the credit is the derivative of. "objective": the weighted loss the loop trains, with the weighting
+# it trains with (make_method pairs them; in a loop of one's own, pass the weighting itself as the target).
+CREDIT_TARGETS = ("bound", "loss", "objective")
+
+
+def check_credit_target(target, continuous: bool = False):
+    """A credit target: one of CREDIT_TARGETS or a loss weighting of the right kind (its objective)."""
+    if isinstance(target, str):
+        require(target in CREDIT_TARGETS,
+                f"unknown credit_target {target!r}; valid choices: {', '.join(CREDIT_TARGETS)}, or a loss weighting")
+        return target
+    ok = callable(getattr(target, "weights", None)) and getattr(target, "continuous", None) == continuous
+    kind = "a flow weighting (flow-...)" if continuous else "a discrete-time weighting"
+    require(ok, f"credit_target must be one of {', '.join(CREDIT_TARGETS)} or {kind} from make_weighting, "
+                f"got {target!r}")
+    return target
+
+
+def target_weighting(target, paired):
+    """The weighting whose objective the credit targets: the target itself, the loop's (`paired`) for
+    "objective", None for the bound and the plain loss."""
+    if not isinstance(target, str):
+        return target
+    if target != "objective":
+        return None
+    require(paired is not None, "credit_target='objective' needs the loss weighting the loop trains with: build "
+                                "the pair with make_method(...), or pass the weighting itself as credit_target=")
+    return paired
+
+
+def loop_weights(target, paired, t: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The weight the loop puts on each sample's loss, as far as the credit needs it: the objective's
+    weighting w(t_b) when the target is the loop's objective, times the sampler's own importance weights
+    (unbiased mode); None for ones."""
+    objective = target_weighting(target, paired)
+    weights = None if objective is None else objective.weights(t).double()
+    if importance is not None:
+        weights = importance.double() if weights is None else weights * importance.double().to(weights.device)
+    return weights
+
+
+def target_name(target) -> str:
+    """How a repr names a target: its string, or its weighting's repr."""
+    return target if isinstance(target, str) else f"objective:{target!r}"
 
 
 def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | None = None, *,
@@ -160,14 +210,16 @@ def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | No
     one forward pass carrying tangents. Both run in eval mode; the weights are restored bit for bit and
     neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not finite or
     is zero (the caller's policy then skips the update)."""
-    params = [p for p in net.parameters() if p.requires_grad]
+    params = trainable_parameters(net, optimizer)
     with eval_mode(net):
         direction, rms = _descent_direction(probe, params, optimizer)
         if direction is None:
             return None
         if delta == 0:
             unit = [d / rms.to(d.dtype) for d in direction]
-            return _forward_mode(net, params, unit, losses).double().cpu()
+            if isinstance(net, nn.Module):
+                return _forward_mode(net, params, unit, losses).double().cpu()
+            return _reverse_mode(net, params, unit, losses).double().cpu()
         with torch.no_grad():
             saved = [p.detach().clone() for p in params]
             try:
@@ -181,6 +233,25 @@ def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | No
                 for p, s in zip(params, saved):
                     p.copy_(s)
     return ((plus - minus) / (2 * delta)).cpu()
+
+
+def trainable_parameters(model, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The weights a step trains: the module's, or, for a plain callable model(x_t, t), the optimiser's (a
+    callable has no .parameters(); the optimiser holds exactly the tensors the step will move)."""
+    if isinstance(model, nn.Module):
+        return [p for p in model.parameters() if p.requires_grad]
+    require(callable(model), f"observe() needs the model as an nn.Module or a callable model(x_t, t), "
+                             f"got {type(model).__name__}")
+    require(optimizer is not None, "observe() got a plain callable as the model: pass optimizer=... too, so the "
+                                   "credit knows which weights the step trains (or pass the nn.Module itself)")
+    params, seen = [], set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    require(params, "observe(): the optimiser holds no trainable parameters")
+    return params
 
 
 def _descent_direction(probe, params, optimizer):
@@ -232,30 +303,50 @@ def _forward_mode(net, params, direction, losses) -> torch.Tensor:
     return tangent
 
 
+def _reverse_mode(model, params, direction, losses) -> torch.Tensor:
+    """The same derivative as _forward_mode for a model that is only a callable over `params` (a lambda
+    around a module, DDP included): J·d = ∇_v[(Jᵀv)·d] by two reverse passes, since forward mode would need
+    the parameters as explicit inputs. The gradients are taken, never accumulated: no .grad is written and
+    no DDP gradient hook (so no all-reduce) fires. Attention runs on its math kernel, which has double
+    backward."""
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        values = losses(model)
+        probe = torch.zeros_like(values, requires_grad=True)
+        grads = torch.autograd.grad(values, params, grad_outputs=probe, create_graph=True, allow_unused=True)
+        dot = sum((g * d).sum() for g, d in zip(grads, direction) if g is not None)
+        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:  # no weight reaches the losses
+            return torch.zeros_like(values).detach()
+        (tangent,) = torch.autograd.grad(dot, probe)
+    return tangent.detach()
+
+
 def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
                        optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
                        strata: int = 64, delta: float = 0.0, bins: int = 256,
                        variance: str = "fixed-large", probe_x0: torch.Tensor | None = None,
-                       target: str = "bound") -> torch.Tensor:
+                       target="bound", weighting=None, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
     """c_b for every sample of the DDPM batch (x0, t), float64 on the CPU. Larger is better. The model's
     weights are restored bit for bit; its .grad and the optimiser are not touched. The target is probed on
     `probe_x0` (default: the batch itself); held-out images make the credit score what generalises.
-    target "bound": the variational bound (bits/dim); "loss": the simple loss under uniform t (loss_probe)."""
-    require(target in CREDIT_TARGETS, f"unknown credit target {target!r}; valid choices: {', '.join(CREDIT_TARGETS)}")
+    target "bound": the variational bound (bits/dim); "loss": the simple loss under uniform t (loss_probe);
+    "objective" (with `weighting`) or a weighting itself: the weighted loss under uniform t that the loop
+    trains. `loss_weights`: the weight the loop puts on each sample's loss (its true step is that multiple of
+    the plain ε-MSE's), or None for ones."""
+    target = check_credit_target(target)
+    objective = target_weighting(target, weighting)
     net, x0 = unwrap(model), x0.detach()
     probe_images = x0 if probe_x0 is None else probe_x0.detach().to(x0)
 
     def probe():
-        if target == "loss":
-            return loss_probe(net, schedule, probe_images, strata, generator)
+        if target == "loss" or objective is not None:
+            return loss_probe(net, schedule, probe_images, strata, generator, objective)
         return bound_probe(net, schedule, probe_images, strata, generator, bins=bins, variance=variance)
 
-    return _batch_credit(net, probe,
-                         lambda model, noise: mse_per_sample(model, schedule, x0, t, noise), x0, generator, optimizer,
-                         delta)
+    return _batch_credit(net, probe, lambda model, noise: mse_per_sample(model, schedule, x0, t, noise), x0,
+                         generator, optimizer, delta, loss_weights)
 
 
-def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta) -> torch.Tensor:
+def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta, loss_weights=None) -> torch.Tensor:
     """directional_credit with the batch's noise drawn once, after the probe's draws (a fixed order of the
     stream), and used on both sides of the difference; NaN for every sample if there is no direction."""
     noise = []
@@ -263,7 +354,8 @@ def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta) 
     def losses(model):
         if not noise:
             noise.append(torch.randn(x0.shape, generator=generator).to(x0))
-        return loss_with_noise(model, noise[0])
+        values = loss_with_noise(model, noise[0])
+        return values if loss_weights is None else values * loss_weights.to(values)
 
     credit = directional_credit(net, probe, losses, optimizer, delta=delta)
     return torch.full((len(x0),), float("nan"), dtype=torch.float64) if credit is None else credit
@@ -288,11 +380,36 @@ def flow_bound_probe(model, flow, x0: torch.Tensor, strata: int, generator: torc
     return (terms * (edges[1:] - edges[:-1]).to(terms.device)).sum()
 
 
+def flow_objective_probe(model, flow, x0: torch.Tensor, strata: int, generator: torch.Generator,
+                         weighting=None) -> torch.Tensor:
+    """An unbiased estimate of ∫_0^1 w(t)·‖v − v̂‖² dt, the weighted velocity loss under uniform t (w ≡ 1
+    without a weighting), with autograd: one t from each of `strata` equal strata of (0, 1)."""
+    v = torch.rand(strata, generator=generator, dtype=torch.float64)
+    t = ((torch.arange(strata, dtype=torch.float64) + v) / strata).clamp(2.0 ** -24, 1 - 2.0 ** -24)
+    images = x0[torch.arange(strata) % len(x0)]
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    t = t.to(device=x0.device, dtype=x0.dtype)
+    loss = flow.loss(model, images, t, noise).double()
+    weights = torch.ones_like(loss) if weighting is None else weighting.weights(t).double()
+    return (weights * loss).mean()
+
+
 def flow_first_order_credit(model, flow, x0: torch.Tensor, t: torch.Tensor,
                             optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
-                            strata: int = 64, delta: float = 0.0, t_min: float = 1e-3) -> torch.Tensor:
+                            strata: int = 64, delta: float = 0.0, t_min: float = 1e-3, target="bound",
+                            weighting=None, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
     """c_b for every sample of a rectified-flow batch (x0, t ∈ (0, 1)): the velocity loss of sample b along
-    the preconditioned descent direction of the flow's bound (flow_bound_probe). Larger is better."""
+    the preconditioned descent direction of the target: the flow's bound (flow_bound_probe), the plain
+    velocity loss ("loss"), or the weighted one the loop trains ("objective" with `weighting`, or a flow
+    weighting itself; flow_objective_probe). Larger is better."""
+    target = check_credit_target(target, continuous=True)
+    objective = target_weighting(target, weighting)
     net, x0 = unwrap(model), x0.detach()
-    return _batch_credit(net, lambda: flow_bound_probe(net, flow, x0, strata, generator, t_min=t_min),
-                         lambda model, noise: flow.loss(model, x0, t, noise), x0, generator, optimizer, delta)
+
+    def probe():
+        if target == "loss" or objective is not None:
+            return flow_objective_probe(net, flow, x0, strata, generator, objective)
+        return flow_bound_probe(net, flow, x0, strata, generator, t_min=t_min)
+
+    return _batch_credit(net, probe, lambda model, noise: flow.loss(model, x0, t, noise), x0, generator, optimizer,
+                         delta, loss_weights)

@@ -26,7 +26,7 @@ from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS
 from .continuous import EPS, ContinuousTimeSampler
-from .credit import LEGACY_DELTA, check_credit_delta, flow_first_order_credit
+from .credit import LEGACY_DELTA, check_credit_delta, check_credit_target, flow_first_order_credit, loop_weights, target_name
 from .fixed import check_batch_size, check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -51,16 +51,19 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
 
     Options: lr (Adam, 3e-2; 0 freezes), update_every (K = 20), entropy_coef (1e-2), grad_clip (1.0; None:
     off), uniform_mix (m, 0), credit_strata (64 log-spaced strata of [t_min, 1) in the bound probe),
-    credit_delta (0: exact, as the adaptive sampler's), t_min (1e-3), timestep_scale (the model's conditioning is t·scale; 1000, as
-    diffusers' flow schedulers and the trainer), seed, unbiased."""
+    credit_delta (0: exact, as the adaptive sampler's), credit_target ("bound", the flow's ELBO; "loss", the
+    velocity loss under uniform t; "objective", the weighted one the loop trains, ∫ w(t)‖v − v̂‖² dt with the
+    weighting make_method pairs it with; or a flow weighting itself), t_min (1e-3), timestep_scale (the model's
+    conditioning is t·scale; 1000, as diffusers' flow schedulers and the trainer), seed, unbiased."""
 
     name = "flow-adaptive"
 
     def __init__(self, schedule=None, lr: float = 3e-2, update_every: int = 20, entropy_coef: float = 1e-2,
                  grad_clip: float | None = 1.0, uniform_mix: float = 0.0, credit_strata: int = 64,
                  credit_delta: float = 0.0, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
-                 seed: int = 0, unbiased: bool = False):
+                 seed: int = 0, unbiased: bool = False, credit_target="bound"):
         super().__init__(schedule, unbiased=unbiased)
+        self.credit_target = check_credit_target(credit_target, continuous=True)
         self.lr = check_real("lr", lr)
         require(self.lr >= 0, f"option lr must be >= 0, got {lr!r}")
         self.update_every = _count(update_every, "update_every")
@@ -140,9 +143,14 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                 f"observe() got a batch of {len(x0) if isinstance(x0, torch.Tensor) else type(x0).__name__} but the "
                 f"last sample() drew {len(t)} times")
         self._last_sample = None
-        credit = flow_first_order_credit(model, self.flow, x0, t.to(device=x0.device, dtype=x0.dtype), optimizer,
+        t_batch = t.to(device=x0.device, dtype=x0.dtype)
+        weights = loop_weights(self.credit_target, self.loss_weighting, t_batch,
+                               self.importance_weights(t) if self.unbiased else None)
+        credit = flow_first_order_credit(model, self.flow, x0, t_batch, optimizer,
                                          generator=self._stream(_CREDIT, distributed.rank(), self.updates),
-                                         strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min)
+                                         strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min,
+                                         target=self.credit_target, weighting=self.loss_weighting,
+                                         loss_weights=weights)
         yield
         self._learn_from_credit(None, t.double(), credit)
         self.step += 1
@@ -162,6 +170,14 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         self.skipped_updates, self.draws = int(state["skipped_updates"]), int(state["draws"])
         self._last_sample, self._ab_cache = None, None
 
+    def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
+        """The method ("sampler+weighting") of a fixed flow Beta at this policy's final (α, β) (`final["alpha"]`,
+        `final["beta"]`, as the bench records them), unweighted, as the bench's `flow-adaptive-final` control
+        has always been trained (`spec` and `weighting` are not carried over); None without a final Beta."""
+        if final.get("alpha") is None or final.get("beta") is None:
+            return None
+        return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}+flow-none"
+
     def options(self) -> dict:
         options = {"lr": self.lr, "K": self.update_every, "credit_strata": self.credit_strata, "t_min": self.t_min}
         if self.uniform_mix:
@@ -170,4 +186,6 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
             options["entropy_coef"] = self.entropy_coef
         if self.lr and self.credit_delta != LEGACY_DELTA:  # see AdaptiveSampler.__repr__
             options.update({"credit": "'exact'"} if self.credit_delta == 0 else {"credit_delta": self.credit_delta})
+        if self.credit_target != "bound":
+            options["credit_target"] = repr(target_name(self.credit_target))
         return options
