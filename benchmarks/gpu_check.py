@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -370,6 +371,33 @@ def short_run(args, settings: Settings, data, schedule, device, config: dict, de
 # ----------------------------------------------------------------------------------------------------
 
 
+def device_slug(device: torch.device) -> str:
+    """A file name for the accelerator, e.g. "nvidia-h200"; "gpu_check" when there is none."""
+    if device.type == "cpu":
+        return "gpu_check"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or device.type
+
+
+def output_path(out: str, device: torch.device, tiny: bool) -> Path:
+    """The JSON file that --out names: the path itself, or, for a folder (an existing one, or a path ending
+    in '/', made if its parent exists), `<device-slug>.json` inside it (`-tiny` before .json with --tiny, so
+    that a smoke test does not overwrite a real result). The folder to write in, or for a folder its parent,
+    must exist: a mistyped path is one line before minutes of measuring, not a folder tree made for it."""
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        if not path.is_dir():
+            if path.exists():
+                raise UserError(f"--out {out!r} is a file, not a folder")
+            if not path.parent.is_dir():
+                raise UserError(f"--out {out!r}: its parent folder {str(path.parent)!r} does not exist")
+            path.mkdir()
+        return path / f"{device_slug(device)}{'-tiny' if tiny else ''}.json"
+    if not path.parent.is_dir():
+        raise UserError(f"--out {out!r}: the folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def main(argv=None) -> int:
     try:
         return check(argv)
@@ -380,7 +408,9 @@ def main(argv=None) -> int:
 
 def check(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument("--out", required=True, help="the JSON file to write, or a folder (existing, or ending in "
+                                                     "'/') to write <device>.json in, e.g. nvidia-h200.json "
+                                                     "(gpu_check.json without an accelerator; -tiny.json with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="tiny model, batch 4, a few steps: seconds on a CPU")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda")
     parser.add_argument("--budget-s", type=float, help="seconds the whole check may take (default 420; --tiny 120)")
@@ -404,8 +434,7 @@ def check(argv=None) -> int:
     deadline = began + settings.budget_s
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out, device, args.tiny)
     result = {"tiny": args.tiny, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device_info(device)}
 
     def save(**parts) -> None:

@@ -66,6 +66,40 @@ def test_a_missing_feature_network_is_one_line_before_any_measuring(tmp_path, ca
     assert not (tmp_path / "x.json").exists()
 
 
+def test_out_may_be_a_folder(tmp_path, capsys, monkeypatch):
+    """--out FOLDER (an existing one, or a new one ending in '/') writes <device>.json in it. The measuring
+    parts are stubbed (the tiny check above runs them); the resolving and the writing are the script's own."""
+    module = gpu_check()
+    monkeypatch.setattr(module, "timing", lambda *a, **k: [{"config": "fp32", "uniform": {"steps_per_s": 1.0}}])
+    monkeypatch.setattr(module, "ddp_part", lambda *a, **k: {"skipped": "stubbed"})
+    monkeypatch.setattr(module, "short_run", lambda *a, **k: {"stubbed": True})
+    name = "gpu_check-tiny.json"  # no accelerator (the CPU), and --tiny
+    for out, written in [(str(tmp_path), tmp_path / name), (f"{tmp_path}/new/", tmp_path / "new" / name)]:
+        assert module.main(["--tiny", "--device", "cpu", "--out", out]) == 0
+        r = json.loads(written.read_text())
+        assert r["tiny"] is True and r["short_run"] == {"stubbed": True} and r["fastest"] == "fp32"
+        assert f"wrote {written}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "new"])  # no .tmp left behind
+
+
+def test_the_name_inside_a_folder_is_the_devices(tmp_path, monkeypatch):
+    module = gpu_check()
+    monkeypatch.setattr(module.torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert module.output_path(str(tmp_path), torch.device("cuda"), tiny=False) == tmp_path / "nvidia-h200.json"
+    assert module.output_path(str(tmp_path), torch.device("cuda"), tiny=True) == tmp_path / "nvidia-h200-tiny.json"
+    assert module.output_path(str(tmp_path), torch.device("cpu"), tiny=False) == tmp_path / "gpu_check.json"
+    assert module.output_path(str(tmp_path / "a.json"), torch.device("cpu"), tiny=False) == tmp_path / "a.json"
+
+
+@pytest.mark.parametrize("out", ["no/such/check.json", "no/such/", "afile/"])
+def test_an_out_with_no_folder_to_write_in_is_one_line_before_any_measuring(tmp_path, capsys, out):
+    (tmp_path / "afile").write_text("x")
+    assert gpu_check().main(["--tiny", "--device", "cpu", "--out", f"{tmp_path}/{out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.mark.slow
 def test_tiny_check_under_torchrun_on_two_cpu_processes(tmp_path):
     """The two-process part, which otherwise runs only with two GPUs, on gloo: about 75 s here."""
