@@ -24,7 +24,14 @@ What it assumes, and where it breaks:
   momentum spreads b's gradient over later steps in the same direction, which scales every c_b alike.
   Before an Adam-family optimiser's first step there is no v̂, and P = I.
 - Gradient clipping and the learning rate scale all c_b alike: they do not change which t is credited.
-- The loss is the plain ε-MSE: a loss weighting w_t in the user's loop multiplies b's true credit by w_{t_b}.
+- The loss is the plain ε-MSE, unless the target is the loop's objective (credit_target="objective" or a
+  weighting): then each sample's loss carries its weight w_{t_b}, as in the loop. With the bound as target,
+  a loss weighting in the user's loop multiplies b's true credit by w_{t_b}, which the credit ignores.
+- The model: an nn.Module (DDP included: its inner module is used, so the credit's passes make no
+  all-reduce) is run in eval mode, by forward mode. A plain callable model(x_t, t) (a lambda around a
+  diffusers UNet, or around DDP) is run as it is, in whatever mode its modules are in; its weights are the
+  optimiser's, and the exact credit is taken by two reverse passes (about twice the forward-mode cost),
+  which only take gradients and so fire no DDP hook either.
 - The bound is estimated on the batch's own images unless held-out images are given (`probe_x0`). On
   images the model trains on, the credit also rewards memorising them: on one digits seed (linear, 3000
   steps) it ranked t in 3–20 last on the batch's images and first on test images, and 40 steps of extra
