@@ -1,12 +1,32 @@
-"""The README's promises: its loop example runs as printed, its set-up commands are the ones CI runs,
-and the library half imports nothing from the trainer's dependencies."""
+"""The README's promises: its loop examples run as printed (and so does every marked block of the pages
+under docs/), its set-up commands are the ones CI runs, it stays a front page, and the library half imports
+nothing from the trainer's dependencies."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+MARKER = "<!-- tests/test_readme.py runs this block as it is"
+README_MARKERS = {  # the README's marked blocks, each run and checked by a test of its own below
+    "<!-- tests/test_readme.py runs this block as it is -->",
+    "<!-- tests/test_readme.py runs this block as it is: the flow drop-in -->",
+}
+
+
+def marked_blocks(text: str) -> list[tuple[str, str]]:
+    """(marker line, code) for every python block right after a marker comment."""
+    return re.findall(r"^(" + re.escape(MARKER) + r"[^\n]*-->)\s*```python\n(.*?)```", text, re.S | re.M)
+
+
+def run_block(code: str, tmp_path: Path, name: str) -> subprocess.CompletedProcess:
+    script = tmp_path / name
+    script.write_text(code)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def test_the_readme_loop_runs_as_printed(tmp_path):
@@ -51,3 +71,35 @@ def test_the_library_needs_neither_matplotlib_nor_diffusers():
             "bad = {'matplotlib', 'diffusers', 'timestep_sampling.train', 'timestep_sampling.data'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_marked_readme_block_has_its_test():
+    markers = [m for m, _ in marked_blocks(README)]
+    assert sorted(markers) == sorted(README_MARKERS), markers
+
+
+PAGE_BLOCKS = [(page, marker, code) for page in PAGES for marker, code in marked_blocks(page.read_text())]
+
+
+@pytest.mark.parametrize("page, marker, code", PAGE_BLOCKS,
+                         ids=[f"{p.name}:{m[len(MARKER):-3].strip(' :') or 'block'}" for p, m, _ in PAGE_BLOCKS])
+def test_every_marked_block_of_the_pages_runs_as_printed(page, marker, code, tmp_path):
+    result = run_block(code, tmp_path, "page_block.py")
+    assert result.returncode == 0, f"{page.name}, {marker}:\n{result.stderr}"
+    assert result.stdout.strip(), f"{page.name}, {marker}: prints nothing"
+    if "the learned flow sampler" in marker:  # flow.md: 40 steps at K = 20 are two credit updates
+        match = re.fullmatch(r"loss (\S+), sampler updates (\d+)\n", result.stdout)
+        assert match and 0 < float(match.group(1)) < 1.2 and int(match.group(2)) == 2, result.stdout
+
+
+def test_the_pages_have_marked_blocks():
+    assert any("flow.md" == page.name for page, _, _ in PAGE_BLOCKS)  # the marker search finds them
+
+
+def test_the_readme_is_a_front_page():
+    lines = README.split("\n")
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail into docs/"
+    dated = [line for line in lines if re.search(r"\b20\d\d-\d\d", line)]
+    assert not dated, f"dated history belongs in docs/changelog.md: {dated}"
+    assert "](docs/headline.png)" in README and (ROOT / "docs" / "headline.png").is_file()
+    assert (ROOT / "docs" / "changelog.md").is_file()
