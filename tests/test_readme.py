@@ -87,6 +87,8 @@ def test_every_marked_block_of_the_pages_runs_as_printed(page, marker, code, tmp
     result = run_block(code, tmp_path, "page_block.py")
     assert result.returncode == 0, f"{page.name}, {marker}:\n{result.stderr}"
     assert result.stdout.strip(), f"{page.name}, {marker}: prints nothing"
+    if "a DDP loop" in marker:  # multi-process.md: 20 steps at K = 5 are four credit updates
+        assert re.fullmatch(r"sampler updates 4, Beta mass below t = 100: 0\.\d+\n", result.stdout), result.stdout
     if "the learned flow sampler" in marker:  # flow.md: 40 steps at K = 20 are two credit updates
         match = re.fullmatch(r"loss (\S+), sampler updates (\d+)\n", result.stdout)
         assert match and 0 < float(match.group(1)) < 1.2 and int(match.group(2)) == 2, result.stdout
