@@ -82,7 +82,7 @@ def test_its_final_density_frozen_from_step_0_is_the_density_it_logged(tmp_path)
 
     from timestep_sampling import bench
     from timestep_sampling import train as train_module
-    from timestep_sampling.bench_records import run_name
+    from timestep_sampling.bench import run_name
 
     learned = BandPolicySampler(NoiseSchedule("linear", T=100))  # the preset's bands
     with torch.no_grad():

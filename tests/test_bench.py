@@ -1,5 +1,6 @@
 """The benchmark: Fréchet distance, the digit classifier, time-to-quality and paired comparisons on
 hand-made curves, and a tiny grid end to end (outputs, skipping finished runs, resuming, --inception)."""
+import ast
 import csv
 import json
 import re
@@ -11,13 +12,17 @@ import pytest
 import torch
 from scipy import linalg
 
-from timestep_sampling import bench, bench_records, bench_report, bench_stats, frechet
+from timestep_sampling import bench, frechet
+from timestep_sampling.bench import records as bench_records
+from timestep_sampling.bench import report as bench_report
+from timestep_sampling.bench import stats as bench_stats
 from timestep_sampling import train as train_module
 from timestep_sampling.cli import main
 from timestep_sampling.data import load_data
 from timestep_sampling.errors import UserError
 from timestep_sampling.frechet import (TorchScriptFeatures, digits_with_labels, frechet_distance,
                                        frechet_distance_features, train_digit_classifier)
+from timestep_sampling.methods import method_specs
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -293,7 +298,7 @@ def test_a_run_folder_with_other_settings_is_refused_before_any_work(tmp_path, m
     new_settings = tiny_settings(out, steps=6, eval_every=3)
     with pytest.raises(UserError, match="steps: 4 -> 6"):
         bench.run_state(bench.run_config(new_settings, "uniform", "linear", 0))
-    monkeypatch.setattr(bench, "build_scorers", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr(bench.runner, "build_scorers", lambda *a: pytest.fail("work started"))
     with pytest.raises(UserError, match="use another --out"):
         bench.run_bench(new_settings)
 
@@ -351,7 +356,7 @@ def test_records_fill_a_grid_across_invocations_and_the_report_covers_them_all(t
     assert not (tmp_path / "b" / "runs" / "uniform__linear__s0").exists()  # taken from the record
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert {r["method"] for r in results["records"]} == {"uniform", learned}
-    track = json.loads((records / f"{bench.run_name(learned, 'linear', 0)}.json").read_text())["sampler"]
+    track = bench.load_record(records / f"{bench.run_name(learned, 'linear', 0)}.json")["sampler"]
     assert track["alpha"] > 0 and track["tv_from_start"] > 0 and len(track["density"][0]) == 10
 
     # --report-only trains nothing: an unrecorded cell is named and left out, the recorded ones are reported.
@@ -388,6 +393,110 @@ def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
         bench.frozen_final_method(settings, "adaptive-paper-final", "linear", 0)
 
 
+DOCS_BENCH = Path(__file__).parents[1] / "docs" / "bench"
+
+
+@pytest.mark.parametrize("path", sorted(DOCS_BENCH.glob("*/*-final__*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_each_recorded_final_control_is_what_its_learned_sampler_freezes_to_now(tmp_path, path):
+    """The `-final` cells of docs/bench were trained as the spec the bench made then from the learned run's
+    end; the sampler's `frozen_spec`, reached through the bench from the (compact) records, makes the same.
+    A band preset renamed since (adaptive-bands -> adaptive-bands-coarse) adds its own options before them."""
+    final = bench.load_record(path)
+    grid = {**bench_records.LEGACY_GRID, **final["grid"]}
+    flow = grid["objective"] == "flow"
+    settings = bench.make_settings(tmp_path, methods=final["method"], schedules=None if flow else final["schedule"],
+                                   records=str(path.parent), **grid)
+    spec = bench.frozen_final_method(settings, final["method"], final["schedule"], final["seed"])
+    if "theta=" in spec:
+        source_spec = method_specs(final["method"].removesuffix("-final"))[0]
+        assert spec.startswith(source_spec) and final["trained_as"].startswith("adaptive-bands:lr=0,theta=")
+        assert spec.split("lr=0,", 1)[1] == final["trained_as"].split("lr=0,", 1)[1]
+    else:
+        assert spec == final["trained_as"]
+
+
+def test_a_density_track_is_recorded_compact_and_read_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[481.0, 67.6, 0.892, 0.892, 0.892, 1e-05, 0.0, 0.0],
+            [float(f"{v:.3g}") for v in rng.lognormal(0.0, 3.0, size=8)]]  # as sampler_summary rounds them
+    packed = bench_records.pack_density(rows)
+    assert packed[0] == "481 67.6 0.892*3 1e-05 0*2"
+    assert bench_records.unpack_density(packed) == rows
+    assert bench_records.unpack_density(rows) == rows  # records written before: lists of numbers
+    settings = tiny_settings(tmp_path / "out", records=str(tmp_path / "rec"))
+    track = {"steps": [0, 5], "density": rows, "tv_from_start": 0.5, "alpha": None, "beta": None}
+    path = bench_records.write_record(settings.records, "x__linear__s0", settings,
+                                      {"method": "x", "schedule": "linear", "seed": 0, "sampler": track})
+    assert json.loads(path.read_text())["sampler"]["density"] == packed
+    assert bench_records.read_record(settings.records, "x__linear__s0", settings)["sampler"] == track
+    old = json.loads(path.read_text())
+    old["sampler"]["density"] = rows
+    path.write_text(json.dumps(old, indent=1))
+    assert bench_records.read_record(settings.records, "x__linear__s0", settings)["sampler"] == track
+
+
+def relative_imports(package: Path) -> dict[str, set[str]]:
+    """module → the modules of the same package it imports (`from .x import y`, `from . import x`, at any
+    depth of the file, under `if TYPE_CHECKING:` too); a name of the package itself counts as __init__."""
+    modules = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for name in modules:
+        deps = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name if a.name in modules else "__init__" for a in node.names)
+        graph[name] = deps - {name}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a path that ends where it starts, or None."""
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_bench_package_has_no_import_cycle(tmp_path):
+    package = Path(bench.__file__).parent
+    graph = relative_imports(package)
+    assert {"settings", "records", "stats", "report", "scoring", "tracks", "runner"} <= set(graph)
+    assert import_cycle(graph) is None, graph
+    assert "__init__" not in set().union(*graph.values())  # no module reaches back through the package
+    assert "settings" in graph["report"] and "settings" in graph["runner"]  # both take BenchSettings from there
+    # no module of the bench reaches into a sampler's module: a sampler says how it freezes (frozen_spec)
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert not (node.module or "").startswith("samplers"), f"{path.name} imports ..{node.module}"
+    # the check finds a cycle hidden behind TYPE_CHECKING, as the old bench / bench_report pair had
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "a.py").write_text("from .b import run\n")
+    (fake / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import Settings\n")
+    (fake / "c.py").write_text("from . import a\n")
+    assert import_cycle(relative_imports(fake)) == ["a", "b", "a"]
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
 def test_bench_settings_cannot_override_the_methods_they_name(tmp_path):
     """Records and plots name a run by its method, so a sampler or weighting may not silently replace it."""
     with pytest.raises(UserError, match="cannot override sampler; name the pair as a method"):
@@ -412,7 +521,7 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     assert all(r["bpd_method"] == "exact" and r["fd"] > 0 and 0 < r["test_bpd"] < 20 for r in final)
     config = json.loads((tmp_path / "a" / "runs" / f"{bench.run_name(learned, 'flow', 0)}" / "config.json").read_text())
     assert config["objective"] == objective
-    track = json.loads((records / f"{bench.run_name(learned, 'flow', 0)}.json").read_text())["sampler"]
+    track = bench.load_record(records / f"{bench.run_name(learned, 'flow', 0)}.json")["sampler"]
     assert track["continuous"] and len(track["density"][0]) == 100 and track["tv_from_start"] > 0
     assert "mass_t_below_0.1" in track and track["alpha"] > 0
     kept = json.loads((records / f"{bench.run_name(learned + '-final', 'flow', 0)}.json").read_text())

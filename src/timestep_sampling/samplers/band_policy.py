@@ -306,6 +306,15 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
         self.skipped_updates, self.draws = int(state["skipped_updates"]), int(state["draws"])
         self._last_t, self._pmf_cache = None, None
 
+    def frozen_spec(self, final: dict, spec: str, weighting: str) -> str:
+        """The method ("sampler+weighting") of this policy frozen from step 0 at a final state: `spec`, this
+        sampler's own spec as written, with lr = 0 and the logits `logits_from_density` recovers from
+        `final["density"]` (p(t)·T, as the trainer logs it), paired with the same `weighting`. The bench's
+        `adaptive-bands-final` control."""
+        theta = logits_from_density(final["density"], self.edges, self.uniform_mix)
+        logits = ";".join(f"{x:.4f}" for x in theta.tolist())
+        return f"{spec}{',' if ':' in spec else ':'}lr=0,theta={logits}+{weighting}"
+
     def __repr__(self) -> str:
         critic = (f"decay={self.decay}, smooth={self.smooth}, prior_count={self.prior_count}, probe={self.probe}, "
                   if self.estimator == "critic" else "")

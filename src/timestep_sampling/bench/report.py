@@ -1,19 +1,16 @@
 """The benchmark's report: curves and density heat maps (PNG), tables and the terminal headline (text), and
-report.md, all from run records and the statistics of bench_stats.py."""
+report.md, all from run records and the statistics of stats.py."""
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bench_records import run_name
-from .bench_stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, metrics_in
-
-if TYPE_CHECKING:
-    from .bench import BenchSettings
+from .records import run_name
+from .settings import BenchSettings
+from .stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, metrics_in
 
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
                  "fd": "FD (digit-classifier features)", "fid": "FID (TorchScript features)"}
@@ -63,7 +60,7 @@ def plot_densities(out: Path, tracks: dict) -> list[Path]:
     """DIR/density_<method>__<schedule>.png for every method whose sampler density changed during training
     (the learned samplers), from the lowest seed that has a track."""
     try:
-        from .plotting import plot_density_over_training
+        from ..plotting import plot_density_over_training
     except ImportError:
         return []
     written = []

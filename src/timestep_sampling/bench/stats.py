@@ -1,7 +1,7 @@
 """The benchmark's statistics over run records (one dict per run and checkpoint): mean and spread over
 seeds, time to reach the baseline's final score, and paired comparisons with a verdict that weighs a
 difference against the seed spread. Plain functions of the records, so a report can be rebuilt from
-records alone (bench_records.py)."""
+records alone (records.py)."""
 from __future__ import annotations
 
 import math

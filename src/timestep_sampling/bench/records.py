@@ -3,6 +3,10 @@ sitting fills up over many sittings and machines.
 
     RECORDS/<method>__<schedule>__s<seed>.json   the run's evaluations, final sampler, cost and provenance
 
+A learned sampler's density track is most of a record (a row of T numbers per evaluation), so a record
+keeps each row as one line of text (`pack_density`); records written before hold lists of numbers, and
+both read alike.
+
 A run writes its record when it is scored; `bench --records RECORDS` skips every cell already recorded
 under the same grid settings and builds its report from all the records there, including those written
 by other invocations (another seed range, another machine, an earlier session). A record made under
@@ -11,6 +15,7 @@ other settings (steps, model, evaluation...) is left alone and not mixed in.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -20,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from .settings import FINAL_SUFFIX, method_fingerprint
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
 GRID_KEYS = ("data", "model", "batch_size", "T", "steps", "eval_every", "warmup", "ema_decay", "final_exact",
@@ -67,7 +73,7 @@ def write_record(folder: Path, name: str, settings, record: dict) -> Path:
     """Write one cell's record atomically (a half-written record would be read as finished)."""
     folder = Path(folder)
     path = record_path(folder, name)
-    body = {"grid": grid_key(settings), **record, "provenance": provenance()}
+    body = {"grid": grid_key(settings), **pack_record(record), "provenance": provenance()}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -85,7 +91,7 @@ def read_record(folder: Path, name: str, settings, fingerprint: str | None = Non
     path = record_path(folder, name)
     if not path.is_file():
         return None
-    record = _load(path)
+    record = load_record(path)
     if record is None or not _same_grid(record, _jsonable(grid_key(settings))):
         return None
     if fingerprint is not None and record.get("fingerprint", fingerprint) != fingerprint:
@@ -96,15 +102,89 @@ def read_record(folder: Path, name: str, settings, fingerprint: str | None = Non
 def all_records(folder: Path, settings) -> list[dict]:
     """Every record in the folder made under these grid settings, in file-name order."""
     key = _jsonable(grid_key(settings))
-    records = (_load(p) for p in sorted(Path(folder).glob("*.json")))
+    records = (load_record(p) for p in sorted(Path(folder).glob("*.json")))
     return [r for r in records if r is not None and _same_grid(r, key)]
 
 
-def _load(path: Path) -> dict | None:
+def load_record(path: Path) -> dict | None:
+    """A record file as the bench reads it (its density track unpacked); None if it cannot be read."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(Path(path).read_text())
+        return unpack_record(record) if isinstance(record, dict) else None
+    except (OSError, ValueError):
         return None  # unreadable: treated as absent, so the cell is run again
+
+
+# ----------------------------------------------------------------------------- the density track, compact
+
+def pack_density(rows) -> list[str]:
+    """Each row of a density track (p(t)·T per t, 3 significant digits as `sampler_summary` rounds it) as
+    one line: its numbers to 4 significant digits (a 3-digit number comes back exactly), a run of n equal
+    numbers written once as "v*n" (a band policy's density is flat within each band)."""
+    lines = []
+    for row in rows:
+        tokens = []
+        for value, run in itertools.groupby(f"{float(v):.4g}" for v in row):
+            n = len(list(run))
+            tokens.append(value if n == 1 else f"{value}*{n}")
+        lines.append(" ".join(tokens))
+    return lines
+
+
+def unpack_density(rows) -> list[list[float]]:
+    """The inverse of `pack_density`; rows that are already lists of numbers (older records) pass as they are."""
+    out = []
+    for row in rows:
+        if not isinstance(row, str):
+            out.append([float(v) for v in row])
+            continue
+        values = []
+        for token in row.split():
+            value, _, n = token.partition("*")
+            values += [float(value)] * (int(n) if n else 1)
+        out.append(values)
+    return out
+
+
+def pack_record(record: dict) -> dict:
+    sampler = record.get("sampler")
+    if not sampler or "density" not in sampler:
+        return record
+    return {**record, "sampler": {**sampler, "density": pack_density(sampler["density"])}}
+
+
+def unpack_record(record: dict) -> dict:
+    sampler = record.get("sampler")
+    if not sampler or "density" not in sampler:
+        return record
+    return {**record, "sampler": {**sampler, "density": unpack_density(sampler["density"])}}
+
+
+# ----------------------------------------------------------------------------- what a report may use
+
+def current_records(settings, say=None) -> list[dict]:
+    """The records of this grid whose method still trains what its name trains now (its fingerprint), and
+    each `-final` cell whose learned run is among them: a preset whose defaults changed since a record was
+    made names another method, and its old record must not stand in the report under the new meaning."""
+    kept, stale = [], []
+    records = all_records(settings.records, settings)
+    for r in records:
+        if r["method"].endswith(FINAL_SUFFIX):
+            continue
+        try:
+            now = method_fingerprint(r["method"], r["schedule"], settings.T)
+        except UserError:  # a method name that no longer exists
+            now = None
+        (kept if r.get("fingerprint") in (None, now) else stale).append(r)
+    fresh = {(r["method"], r["schedule"], r["seed"]) for r in kept}
+    for r in records:
+        if r["method"].endswith(FINAL_SUFFIX):
+            source = (r["method"][:-len(FINAL_SUFFIX)], r["schedule"], r["seed"])
+            (kept if source in fresh else stale).append(r)
+    if stale and say is not None:
+        say(f"left out of the report: {len(stale)} record(s) made when their method meant something else "
+            f"({', '.join(sorted({r['method'] for r in stale}))})")
+    return kept
 
 
 def _jsonable(value):

@@ -1,0 +1,154 @@
+"""What a benchmark grid is: its methods, schedules, seeds and evaluation settings (`BenchSettings`), the
+presets (full and --quick), the checks every setting passes, and what a method name trains (its
+fingerprint). Every other module of the bench takes its settings from here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError, require, unknown_choice
+from ..methods import is_flow_method, make_method, method_specs
+from ..objectives import OBJECTIVES, objective_name
+from ..schedule import SCHEDULES, NoiseSchedule
+
+DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2024", "adaptive",
+                   "adaptive-min-snr", "adaptive-frozen", "beta-0.95")
+DEFAULT_SCHEDULES = ("linear", "cosine", "quad")
+# --objective flow: rectified flow has no noise schedule; its runs are filed under this one name instead.
+FLOW_TIME = "flow"
+FLOW_METHODS = ("flow-uniform", "flow-logit-normal", "flow-mode", "flow-cosmap", "flow-beta-0.95", "flow-adaptive",
+                "flow-adaptive-frozen", "flow-adaptive-final")
+FLOW_QUICK_METHODS = ("flow-uniform", "flow-adaptive", "flow-adaptive-frozen")
+# --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
+# 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds.
+QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
+             final_exact=False, eval_strata=20, fd_samples=256, ddim_steps=20, warmup=50, ema_decay=0.99)
+FULL = dict(methods=DEFAULT_METHODS, schedules=DEFAULT_SCHEDULES, seeds=3, steps=3000, eval_every=500,
+            final_exact=True, eval_strata=80, fd_samples=1000, ddim_steps=50, warmup=200, ema_decay=0.999)
+
+
+# A method name the bench resolves itself: the learned sampler at its final state, fixed from step 0 (does
+# adapting over time matter, or only the shape it ends at?). It needs that seed's learned run first; the
+# sampler says how it is frozen (its `frozen_method`, tracks.py).
+FINAL_SUFFIX = "-final"
+
+
+@dataclass
+class BenchSettings:
+    out: str
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
+    seeds: int = 3
+    only_seeds: tuple[int, ...] | None = None  # run just these seeds (to split one method's seeds across processes)
+    steps: int = 3000
+    eval_every: int = 500
+    data: str = "digits"
+    model: str = "tiny"
+    batch_size: int = 128
+    T: int = 1000
+    warmup: int = 200
+    ema_decay: float = 0.999
+    device: str = "auto"
+    final_exact: bool = True
+    eval_exact_below: int = 20  # the stratified estimate: every t below this exactly,
+    eval_strata: int = 80       # then one t from each of this many log-spaced strata
+    fd_samples: int = 1000
+    ddim_steps: int = 50
+    sample_seed: int = 0
+    inception: str | None = None
+    keep_checkpoints: bool = False
+    quick: bool = False
+    progress: bool = True
+    records: str | None = None  # a folder of per-run records (records.py): skip what is there, report all
+    report_only: bool = False   # with records: train nothing, report what is recorded
+    objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
+    extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
+
+    @property
+    def flow(self) -> bool:
+        """Whether the grid trains rectified flow (`objective` may carry options: "flow:final_steps=8")."""
+        return objective_name(self.objective) == "flow"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.only_seeds) if self.only_seeds is not None else list(range(self.seeds))
+
+    def grid(self) -> list[tuple[str, str, int]]:
+        return [(m, s, seed) for s in self.schedules for m in self.methods for seed in self.seed_list]
+
+
+def _split_names(value) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n.strip()]
+    return tuple(dict.fromkeys(names))  # drop repeats, keep order
+
+
+def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None, seeds: int | None = None,
+                  steps: int | None = None, eval_every: int | None = None, **options) -> BenchSettings:
+    """Settings from the preset (full or --quick), then the caller's choices; every name is checked."""
+    base = dict(QUICK if quick else FULL)
+    if objective_name(str(options.get("objective") or "")) == "flow":
+        require(schedules is None, "rectified flow has no noise schedule: drop --schedules with --objective flow")
+        base.update(methods=FLOW_QUICK_METHODS if quick else FLOW_METHODS, schedules=(FLOW_TIME,))
+    chosen = dict(methods=_split_names(methods), schedules=_split_names(schedules), seeds=seeds, steps=steps,
+                  eval_every=eval_every, **options)
+    base.update({k: v for k, v in chosen.items() if v is not None})
+    if steps is not None and eval_every is None:  # keep the preset's number of checkpoints
+        checkpoints = FULL["steps"] // FULL["eval_every"] if not quick else QUICK["steps"] // QUICK["eval_every"]
+        base["eval_every"] = max(1, steps // checkpoints)
+    settings = BenchSettings(out=str(out), quick=quick, **base)
+    validate(settings)
+    return settings
+
+
+def validate(settings: BenchSettings) -> None:
+    require(len(settings.methods) > 0, "--methods is empty; valid choices: " + ", ".join(DEFAULT_METHODS))
+    require(len(settings.schedules) > 0, "--schedules is empty; valid choices: " + ", ".join(SCHEDULES))
+    if objective_name(settings.objective) not in OBJECTIVES.names():
+        raise unknown_choice("objective", settings.objective, OBJECTIVES.names())
+    flow = settings.flow
+    for name in settings.schedules:
+        if not (flow and name == FLOW_TIME) and name not in SCHEDULES:
+            raise unknown_choice("noise schedule", name, SCHEDULES)
+    probe = NoiseSchedule("linear", T=max(settings.T, 2))
+    for name in settings.methods:
+        make_method(name.removesuffix(FINAL_SUFFIX), probe)  # a bad name or option: a UserError listing the valid ones
+        if is_flow_method(name.removesuffix(FINAL_SUFFIX)) != flow:
+            raise UserError(f"method {name!r} is for " + ("DDPM; --objective flow takes flow-... methods, e.g. "
+                                                          + ", ".join(FLOW_METHODS[:4]) if flow else
+                                                          "rectified flow: add --objective flow"))
+    # Records, tables and plots name each run by its method, so a sampler or weighting may not override it.
+    overrides = sorted({"sampler", "weighting", "method"} & set(settings.extra))
+    require(not overrides, f"bench settings cannot override {', '.join(overrides)}; name the pair as a method "
+                           f"instead, e.g. 'speed+min-snr:gamma=5'")
+    if settings.only_seeds is not None:
+        require(len(settings.only_seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in settings.only_seeds),
+                f"--only-seeds takes seeds >= 0, e.g. 2 or 0,2; got {settings.only_seeds!r}")
+    for name in ("seeds", "steps", "eval_every", "fd_samples", "ddim_steps", "batch_size", "T", "eval_strata"):
+        require(getattr(settings, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+    require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")
+    require(settings.eval_every <= settings.steps,
+            f"--eval-every ({settings.eval_every}) must not exceed --steps ({settings.steps})")
+    require(not settings.report_only or settings.records,
+            "--report-only reports what a --records folder holds: add --records FOLDER")
+    if settings.inception is not None:
+        require(Path(settings.inception).is_file(),
+                f"--inception {settings.inception!r} is not a file; expected a TorchScript feature network "
+                f"such as inception-2015-12-05.pt (nothing is downloaded)")
+
+
+def noise_schedule(schedule: str) -> str:
+    """The trainer's schedule for a grid column: a flow run ignores it, so it keeps the default."""
+    return "linear" if schedule == FLOW_TIME else schedule
+
+
+def method_fingerprint(method: str, schedule: str, T: int) -> str | None:
+    """What a method name trains, as its sampler's repr and its weighting's spec (None for a -final cell,
+    which is fixed by its learned run's record)."""
+    if method.endswith(FINAL_SUFFIX):
+        return None
+    sampler, _ = make_method(method, NoiseSchedule(noise_schedule(schedule), T=T))
+    return f"{sampler!r} + {method_specs(method)[1]}"
+
