@@ -4,6 +4,7 @@ for every learned sampler; and the credit of the user's own weighted objective (
 import pytest
 import torch
 from diffusers import UNet2DModel
+from torch import nn
 
 from multiproc import run_ranks
 from timestep_sampling import NoiseSchedule, UserError, make_method, make_sampler, make_weighting
@@ -233,3 +234,35 @@ def test_the_objective_target_needs_the_loops_weighting():
         make_sampler("flow-adaptive", None, credit_target=make_weighting("min-snr", schedule))
     sampler, weighting = make_method("adaptive-min-snr", schedule)
     assert sampler.loss_weighting is weighting and "objective" in repr(sampler)
+
+
+def test_the_loop_weight_of_a_sample_is_its_weighting_times_its_importance_weight():
+    schedule = NoiseSchedule("linear", T=1000)
+    sampler, weighting = make_method("adaptive-unbiased", schedule)
+    t = torch.tensor([0, 10, 500, 999])
+    importance = sampler.importance_weights(t)
+    assert torch.allclose(importance, 1 / (1000 * sampler.probabilities()[t]).float())
+    assert importance.max() <= 1 / 0.3 + 1e-6  # the floor bounds the weights
+    from timestep_sampling.samplers.credit import loop_weights
+    assert torch.allclose(loop_weights("objective", weighting, t, importance), importance.double())
+    min_snr = make_weighting("min-snr", schedule)
+    assert torch.allclose(loop_weights(min_snr, None, t, importance), min_snr.weights(t).double() * importance.double())
+    assert loop_weights("bound", min_snr, t) is None  # the bound's credit ignores the loop's weighting
+
+
+def test_the_flow_sampler_credits_a_weighted_velocity_objective():
+    torch.manual_seed(0)
+    sampler, weighting = make_method("flow-adaptive-min-snr", None, update_every=1)
+    assert sampler.loss_weighting is weighting
+    model, flow = ConvEps(1000), RectifiedFlow()
+    model.embed = nn.Embedding(1001, 8)  # conditioning on t·1000 rounded below
+    net = lambda x, t: model(x, t.round().long())  # noqa: E731
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x0 = torch.randn(16, 1, 4, 4)
+    for _ in range(2):
+        t, w = sampler.sample(len(x0), "cpu")
+        with sampler.observe(net, x0, optimizer=opt):
+            (w * weighting.weights(t) * flow.loss(net, x0, t)).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert sampler.updates == 2 and torch.isfinite(sampler.last_rewards).all()
