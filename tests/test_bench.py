@@ -123,7 +123,7 @@ def records_from(curves: dict, schedule="linear", seconds_per_step=0.1):
         for i, v in enumerate(values):
             out.append({"method": method, "schedule": schedule, "seed": seed, "step": 100 * i,
                         "train_seconds": 100 * i * seconds_per_step * (2 if method == "slow" else 1),
-                        "test_bpd": v, "bpd_method": "estimate", "test_bpd_estimate": v, "fd": None})
+                        "test_bpd": v, "bpd_method": "estimate", "test_bpd_estimate": v, "fd_ddim": None})
     return out
 
 
@@ -191,6 +191,8 @@ def test_paired_comparison_pairs_by_seed_at_the_final_step():
 def tiny_settings(out, **overrides):
     options = dict(methods="uniform", schedules="linear", seeds=1, steps=10, eval_every=5, T=10, batch_size=16,
                    fd_samples=32, ddim_steps=3, device="cpu", progress=False, warmup=2, ema_decay=0.9)
+    if "flow" not in str(overrides.get("objective", "")):
+        options["fd_samplers"] = "ddim"  # the ancestral FD where a test asks for it
     options.update(overrides)
     return bench.make_settings(out, **options)
 
@@ -251,9 +253,10 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     results = json.loads((out / "results.json").read_text())
     records = results["records"]
     assert [r["step"] for r in records] == [0, 5, 10]
-    for r in records:
-        assert {"method", "schedule", "seed", "step", "train_seconds", "test_bpd", "fd", "fid"} <= set(r)
-    assert records[0]["fd"] is None and all(r["fd"] > 0 and r["fid"] >= 0 for r in records[1:])
+    for r in records:  # --fd-samplers ddim: DDIM's FD and FID, no ancestral one
+        assert {"method", "schedule", "seed", "step", "train_seconds", "test_bpd", "fd_ddim", "fid_ddim"} <= set(r)
+        assert not {"fd", "fid", "fd_ddpm", "fid_ddpm"} & set(r)
+    assert records[0]["fd_ddim"] is None and all(r["fd_ddim"] > 0 and r["fid_ddim"] >= 0 for r in records[1:])
     assert records[-1]["bpd_method"] == "exact"
     # with T = 10 the estimate computes every term exactly, with the same noise as the exact bound
     assert records[-1]["test_bpd_estimate"] == pytest.approx(records[-1]["test_bpd"], rel=1e-9)
@@ -261,18 +264,19 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     for name in ("summary.csv", "results.csv", "time_to_quality.csv", "paired.csv"):
         assert (out / name).stat().st_size > 0
     rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert {r["step"] for r in rows} == {"0", "5", "10"} and "fd_mean" in rows[0] and "test_bpd_mean" in rows[0]
+    assert {r["step"] for r in rows} == {"0", "5", "10"} and "fd_ddim_mean" in rows[0] and "test_bpd_mean" in rows[0]
     report = (out / "report.md").read_text()
     assert "Test bits/dim" in report and "linear 10 (exact)" in report
     # the classifier's accuracy is stated (its last digit depends on the thread count: 98.7-99.0%)
     assert float(re.search(r"test accuracy: \*\*([0-9.]+)%\*\*", report).group(1)) > 95
-    assert (out / "curves_fd.png").stat().st_size > 0 and (out / "curves_fid.png").stat().st_size > 0
+    assert (out / "curves_fd_ddim.png").stat().st_size > 0 and (out / "curves_fid_ddim.png").stat().st_size > 0
+    assert not (out / "curves_fd_ddpm.png").exists() and "FD DDPM" not in report
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]  # scored ones pruned, last kept
     final = records[-1]
     assert first["headline"].splitlines() == [  # what the terminal shows
         "linear, step 10 (mean ± std over seeds; lower is better):",
-        f"  uniform            bits/dim {final['test_bpd']:.3f} ± 0.000; FD {final['fd']:.1f} ± 0.0; "
-        f"FID {final['fid']:.1f} ± 0.0"]
+        f"  uniform            bits/dim {final['test_bpd']:.3f} ± 0.000; FD DDIM {final['fd_ddim']:.1f} ± 0.0; "
+        f"FID DDIM {final['fid_ddim']:.1f} ± 0.0"]
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -513,12 +517,14 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     objective = "flow:eval_images=8,eval_steps=1,final_steps=2,probes=1"
     settings = tiny_settings(tmp_path / "a", schedules=None, objective=objective, records=str(records),
                              methods=f"flow-uniform,{learned},{learned}-final")
+    assert settings.samplers == ("euler", "heun")  # a flow's FD: Euler's and Heun's samples
     result = bench.run_bench(settings)
     assert result["trained"] == 3
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert {r["schedule"] for r in results["records"]} == {"flow"}
     final = [r for r in results["records"] if r["step"] == 10]
-    assert all(r["bpd_method"] == "exact" and r["fd"] > 0 and 0 < r["test_bpd"] < 20 for r in final)
+    assert all(r["bpd_method"] == "exact" and r["fd_euler"] > 0 and 0 < r["test_bpd"] < 20 for r in final)
+    assert all(r["fd_heun"] > 0 and r["fd_heun"] != r["fd_euler"] for r in final)
     config = json.loads((tmp_path / "a" / "runs" / f"{bench.run_name(learned, 'flow', 0)}" / "config.json").read_text())
     assert config["objective"] == objective
     track = bench.load_record(records / f"{bench.run_name(learned, 'flow', 0)}.json")["sampler"]
@@ -528,7 +534,7 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     assert kept["trained_as"] == f"flow-beta:a={track['alpha']:.6g},b={track['beta']:.6g}+flow-none"
     report = (tmp_path / "a" / "report.md").read_text()
     assert "Paired comparison with flow-uniform" in report and "probability-flow ODE" in report
-    assert "Euler, 3 steps" in report
+    assert "Euler, 3 steps" in report and "Heun, 3 steps" in report
 
 
 def test_flow_bench_refuses_mixed_kinds(tmp_path):
@@ -577,3 +583,96 @@ def test_only_seeds_runs_just_those_seeds(tmp_path, capsys):
     assert settings.seed_list == [2, 0] and [c[2] for c in settings.grid()] == [2, 0]
     assert main(["bench", "--out", str(tmp_path / "b"), "--only-seeds", "two"]) == 2
     assert "--only-seeds takes comma-separated integers" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the FD of several samplers
+
+def test_fd_samplers_presets_and_the_steps_of_the_ancestral_fd(tmp_path, capsys):
+    full = bench.make_settings(tmp_path)
+    assert full.samplers == ("ddim", "ddpm")
+    assert full.fd_steps("ddim") == [500, 1000, 1500, 2000, 2500, 3000]
+    assert full.fd_steps("ddpm") == [1000, 2000, 3000]  # about three checkpoints, the last among them
+    assert bench.make_settings(tmp_path, fd_ddpm_every=1500).fd_steps("ddpm") == [1500, 3000]
+    assert bench.make_settings(tmp_path, steps=10000, eval_every=500).fd_steps("ddpm") == [3500, 7000, 10000]
+    assert bench.make_settings(tmp_path, quick=True).samplers == ("ddim",)  # ancestral sampling does not fit --quick
+    assert bench.make_settings(tmp_path, quick=True, fd_samplers="ddim,ddpm").fd_steps("ddpm") == [200, 400]
+    assert bench.make_settings(tmp_path, objective="flow").samplers == ("euler", "heun")
+    assert bench.make_settings(tmp_path, objective="flow", quick=True).samplers == ("euler", "heun")
+    with pytest.raises(UserError, match="valid choices: ddim, ddpm"):
+        bench.make_settings(tmp_path, fd_samplers="ddim,euler")
+    with pytest.raises(UserError, match="valid choices: euler, heun"):
+        bench.make_settings(tmp_path, objective="flow", fd_samplers="ddpm")
+    with pytest.raises(UserError, match="add ddpm to --fd-samplers"):
+        bench.make_settings(tmp_path, fd_samplers="ddim", fd_ddpm_every=1000)
+    assert main(["bench", "--out", str(tmp_path / "b"), "--fd-samplers", "ddim,ancestral"]) == 2
+    assert "valid choices: ddim, ddpm" in capsys.readouterr().err
+
+
+def test_fd_ddpm_scores_ancestral_samples_and_a_record_gains_it_from_its_checkpoints(tmp_path, classifier_cache,
+                                                                                      monkeypatch):
+    """A grid scored with DDIM alone, then asked for the ancestral FD as well: the record is not trained again
+    but given fd_ddpm from the run's checkpoints, and fd_ddpm is the FD of ddpm_sample's images (the same
+    starting seed), not of DDIM's."""
+    from timestep_sampling.evaluate import load_model
+    from timestep_sampling.sampling import ddpm_sample
+
+    out, records = tmp_path / "out", tmp_path / "records"
+    shutil.copytree(classifier_cache, out / "classifier")
+    first = bench.run_bench(tiny_settings(out, records=str(records), keep_checkpoints=True))
+    path = records / "uniform__linear__s0.json"
+    before = bench.load_record(path)
+    assert first["trained"] == 1 and all("fd_ddpm" not in e for e in before["evals"])
+
+    calls = []
+    for name in ("ddim_sample", "ddpm_sample"):
+        original = getattr(bench.scoring, name)
+        monkeypatch.setattr(bench.scoring, name,
+                            lambda *a, _name=name, _f=original, **k: calls.append(_name) or _f(*a, **k))
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    settings = tiny_settings(out, records=str(records), keep_checkpoints=True, fd_samplers="ddim,ddpm")
+    assert settings.fd_steps("ddpm") == [5, 10]
+    second = bench.run_bench(settings)
+    assert second["recorded"] == 1 and second["filled"] == 1 and second["incomplete"] == 0
+    assert calls == ["ddpm_sample", "ddpm_sample"]  # one checkpoint each; DDIM's FD was kept, not redone
+    after = bench.load_record(path)
+    assert [e.get("fd_ddpm") is not None for e in after["evals"]] == [False, True, True]
+    assert [e["fd_ddim"] for e in after["evals"]] == [e["fd_ddim"] for e in before["evals"]]
+    assert after["provenance"] == before["provenance"] and after["scores_added"][0]["metrics"] == ["fd_ddpm"]
+
+    model, schedule, cfg, meta = load_model(out / "runs" / "uniform__linear__s0" / "checkpoints" / "step_00000010")
+    images = ddpm_sample(model, schedule, (32,) + tuple(meta["data_shape"]), generator=torch.Generator().manual_seed(0),
+                         variance=cfg.variance).clamp(-1, 1)
+    scorer = bench.build_scorers(settings, "cpu", out)[0][0]
+    assert after["evals"][-1]["fd_ddpm"] == pytest.approx(scorer(images), rel=1e-6)
+    assert after["evals"][-1]["fd_ddpm"] != pytest.approx(after["evals"][-1]["fd_ddim"], rel=1e-3)
+    report = (out / "report.md").read_text()
+    assert "FD DDPM @10" in report and "FD DDIM @10" in report and "Table 1" in report
+    assert "FD DDPM (DDPM ancestral sampling through all T = 10 steps, the run's own variance) at steps 5, 10" in report
+    assert (out / "runs" / "uniform__linear__s0" / "samples" / "ddpm_step_00000010.png").is_file()
+
+
+def test_records_with_only_fd_still_report_as_the_ddim_fd(tmp_path, classifier_cache):
+    """Records made when the bench scored DDIM alone hold `fd`: they are read as fd_ddim (a flow's as
+    fd_euler), a report-only run reports them, and they are seen as lacking the ancestral FD."""
+    assert bench.records.legacy_scores({"schedule": "flow", "fd": 3.0, "fid": 4.0}) == {"schedule": "flow",
+                                                                                         "fd_euler": 3.0,
+                                                                                         "fid_euler": 4.0}
+    out = tmp_path / "out"
+    shutil.copytree(classifier_cache, out / "classifier")
+    settings = tiny_settings(out, records=str(tmp_path / "rec"), report_only=True, fd_samplers="ddim,ddpm")
+    evals = [{"method": "uniform", "schedule": "linear", "seed": 0, "step": step, "train_seconds": step / 10,
+              "test_bpd": bpd, "bpd_method": "estimate", "test_bpd_estimate": bpd, "fd": fd}
+             for step, bpd, fd in ((0, 6.0, None), (5, 4.0, 30.0), (10, 3.5, 20.0))]
+    bench_records.write_record(settings.records, "uniform__linear__s0", settings,
+                               {"method": "uniform", "schedule": "linear", "seed": 0, "evals": evals, "sampler": None})
+    raw = json.loads((tmp_path / "rec" / "uniform__linear__s0.json").read_text())
+    assert raw["evals"][-1]["fd"] == 20.0 and "fd_ddim" not in raw["evals"][-1]  # the old form, as written then
+    kept = bench.read_record(settings.records, "uniform__linear__s0", settings)
+    assert [e.get("fd_ddim") for e in kept["evals"]] == [None, 30.0, 20.0] and "fd" not in kept["evals"][-1]
+    result = bench.run_bench(settings)
+    assert result["recorded"] == 1 and result["incomplete"] == 1 and result["trained"] == 0
+    assert "FD DDIM 20.0 ± 0.0" in result["headline"] and "DDPM" not in result["headline"]
+    report = (out / "report.md").read_text()
+    assert "## FD of DDIM samples (digit-classifier features)" in report and "| 20.0 ± 0.0 |" in report
+    assert "FD DDIM (DDIM, 3 steps, η = 0) at steps 5, 10" in report
+    assert "1 records lacking a score these settings compute" in report

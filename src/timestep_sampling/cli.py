@@ -195,6 +195,7 @@ def _bench(args) -> None:
                              seeds=args.seeds, only_seeds=_seed_list(args.only_seeds), steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
+                             fd_samplers=args.fd_samplers, fd_ddpm_every=args.fd_ddpm_every,
                              records=args.records, report_only=args.report_only or None, objective=args.objective,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
@@ -202,6 +203,8 @@ def _bench(args) -> None:
     print(f"wrote {result['report']} ({result['records']} records; {result['trained']} runs trained, "
           f"{result['resumed']} resumed, {result['skipped']} already finished, {result['recorded']} taken from "
           f"records" + (f", {result['missing']} not recorded and left out" if result["missing"] else "")
+          + (f", {result['filled']} records given scores from their checkpoints" if result.get("filled") else "")
+          + (f", {result['incomplete']} records lacking a score" if result.get("incomplete") else "")
           + f"; {result['total_seconds']:.0f} s)")
 
 
@@ -209,8 +212,8 @@ def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="train a grid of methods x schedules x seeds and compare them "
                                      "(bits/dim, FD, time-to-quality, plots)")
     p.add_argument("--out", required=True, help="folder for runs/, results.json, summary.csv, report.md, *.png")
-    p.add_argument("--quick", action="store_true", help="uniform, adaptive, adaptive-frozen; linear; 2 seeds; 400 steps "
-                                                        "(a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="uniform, adaptive, adaptive-frozen; linear; 2 seeds; 400 steps; "
+                                                        "FD of DDIM samples only (a few minutes on 2 CPU cores)")
     p.add_argument("--methods", help="comma-separated method presets (default: uniform, p2, min-snr, logit-normal, "
                                      "speed, speed-2024, adaptive, adaptive-min-snr, adaptive-frozen, beta-0.95)")
     p.add_argument("--schedules", help="comma-separated noise schedules (default linear,cosine,quad)")
@@ -226,14 +229,21 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--T", type=int, help="diffusion timesteps (default 1000)")
     p.add_argument("--device", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--fd-samples", type=int, help="generated images per FD (default 1000; --quick 256)")
-    p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20)")
+    p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20); Euler's "
+                                                  "and Heun's for a flow")
+    p.add_argument("--fd-samplers", help="the samplers whose images the FD scores, one FD each (fd_ddim, fd_ddpm...): "
+                                         "ddim (--ddim-steps steps) and ddpm (ancestral, all T steps, as the paper's "
+                                         "FIDs); default ddim,ddpm, --quick ddim; for --objective flow euler,heun")
+    p.add_argument("--fd-ddpm-every", type=int,
+                   help="the ancestral FD at checkpoints whose step is a multiple of N, and the last (default: about "
+                        "three checkpoints, N = steps/3 rounded to a multiple of --eval-every); DDIM's at every one")
     p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
                                        "for FID; never downloaded")
     p.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
                    help="ddpm (default) or flow: rectified flow with flow-... methods (default: flow-uniform, "
                         "flow-logit-normal, flow-mode, flow-cosmap, flow-beta-0.95, flow-adaptive, "
                         "flow-adaptive-frozen, flow-adaptive-final), scored by the ODE likelihood and FD of "
-                        "Euler samples (--ddim-steps of them)")
+                        "Euler and Heun samples (--ddim-steps steps each)")
     p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
                                      "the same settings are skipped, each finished run adds its record, and the "
                                      "report covers every record")

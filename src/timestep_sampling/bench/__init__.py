@@ -27,8 +27,10 @@ What is measured, and how (report.md says it again):
   checkpoint; at the end the exact bound over all T when `final_exact`. Time-to-quality on bits/dim
   compares estimate with estimate (the bench adds the estimate at the final checkpoint when the trainer
   logged the exact bound there), so the target and the curves are measured alike.
-- FD: the Fréchet distance between the digit classifier's features of `fd_samples` DDIM samples of the
-  EMA model (fixed starting noise: the same for every method, seed and checkpoint) and of the test split.
+- FD: the Fréchet distance between the digit classifier's features of `fd_samples` samples of the EMA model
+  (fixed starting noise: the same for every method, seed and checkpoint) and of the test split, one per
+  sampler (`fd_samplers`): fd_ddim (DDIM, every checkpoint) and fd_ddpm (ancestral sampling through all T
+  steps, as the paper's FIDs, at a few checkpoints); fd_euler and fd_heun for rectified flow.
 - Wall-clock: the trainer's `train_seconds`, the time spent in training steps only (no evaluation).
 """
 from __future__ import annotations

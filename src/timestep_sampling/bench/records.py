@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .settings import FINAL_SUFFIX, method_fingerprint
+from .settings import FD_SAMPLERS, FINAL_SUFFIX, FLOW_TIME, method_fingerprint
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
 GRID_KEYS = ("data", "model", "batch_size", "T", "steps", "eval_every", "warmup", "ema_decay", "final_exact",
@@ -70,10 +70,12 @@ def record_path(folder: Path, name: str) -> Path:
 
 
 def write_record(folder: Path, name: str, settings, record: dict) -> Path:
-    """Write one cell's record atomically (a half-written record would be read as finished)."""
+    """Write one cell's record atomically (a half-written record would be read as finished), with this
+    machine's provenance unless the record carries its own."""
     folder = Path(folder)
     path = record_path(folder, name)
-    body = {"grid": grid_key(settings), **pack_record(record), "provenance": provenance()}
+    body = {"grid": grid_key(settings), **pack_record(record)}
+    body.setdefault("provenance", provenance())  # a record rewritten to add scores keeps where it was made
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -107,12 +109,32 @@ def all_records(folder: Path, settings) -> list[dict]:
 
 
 def load_record(path: Path) -> dict | None:
-    """A record file as the bench reads it (its density track unpacked); None if it cannot be read."""
+    """A record file as the bench reads it (its density track unpacked, its scores under today's names:
+    `legacy_scores`); None if it cannot be read."""
     try:
         record = json.loads(Path(path).read_text())
-        return unpack_record(record) if isinstance(record, dict) else None
     except (OSError, ValueError):
         return None  # unreadable: treated as absent, so the cell is run again
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("evals"), list):
+        record["evals"] = [legacy_scores(e) for e in record["evals"]]
+    return unpack_record(record)
+
+
+def legacy_scores(evaluation: dict) -> dict:
+    """An evaluation with its `fd` and `fid` (written before the bench scored several samplers: DDIM's, or
+    Euler's for a flow, filed under the schedule "flow") under their names now, fd_ddim / fd_euler and
+    fid_ddim / fid_euler. Such a record has no ancestral FD: a report shows it as missing."""
+    if not any(k in evaluation for k in ("fd", "fid")):
+        return evaluation
+    sampler = FD_SAMPLERS["flow" if evaluation.get("schedule") == FLOW_TIME else "ddpm"][0]
+    out = {}
+    for key, value in evaluation.items():
+        name = f"{key}_{sampler}" if key in ("fd", "fid") else key
+        if name not in evaluation or name == key:
+            out[name] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- the density track, compact

@@ -10,10 +10,40 @@ import numpy as np
 
 from .records import run_name
 from .settings import BenchSettings
-from .stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, metrics_in
+from .stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS, metrics_in
 
+SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
-                 "fd": "FD (digit-classifier features)", "fid": "FID (TorchScript features)"}
+                 **{f"fd_{k}": f"FD of {v} samples (digit-classifier features)" for k, v in SAMPLER_NAMES.items()},
+                 **{f"fid_{k}": f"FID of {v} samples (TorchScript features)" for k, v in SAMPLER_NAMES.items()}}
+
+
+def metric_label(metric: str) -> str:
+    """A score's short name: "bits/dim", "FD DDIM", "FD DDPM", "FID Heun"..."""
+    if metric.startswith("test_bpd"):
+        return "bits/dim"
+    name, _, sampler = metric.partition("_")
+    return f"{name.upper()} {SAMPLER_NAMES.get(sampler, sampler)}"
+
+
+def sampler_words(sampler: str, settings: BenchSettings) -> str:
+    return {"ddim": f"DDIM, {settings.ddim_steps} steps, η = 0",
+            "ddpm": f"DDPM ancestral sampling through all T = {settings.T} steps, the run's own variance",
+            "euler": f"Euler, {settings.ddim_steps} steps",
+            "heun": f"Heun, {settings.ddim_steps} steps of 2 model calls"}[sampler]
+
+
+def computed_steps(records: list[dict], metric: str) -> list[int]:
+    """The checkpoint steps at which some run has the score."""
+    return sorted({r["step"] for r in records if r.get(metric) is not None})
+
+
+def steps_words(steps: list[int]) -> str:
+    """"steps 500, 1000, 1500" or, for a long even run of them, "every 500 steps from 500 to 10000"."""
+    if len(steps) > 4 and len({b - a for a, b in zip(steps, steps[1:])}) == 1:
+        return f"every {steps[1] - steps[0]} steps from {steps[0]} to {steps[-1]}"
+    return f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}" if steps else "no step"
+
 
 def plot_curves(records: list[dict], metric: str, out_path: Path) -> Path:
     """Rows: schedules; left: metric against training steps; right: against training seconds. A line is
@@ -47,7 +77,7 @@ def plot_curves(records: list[dict], metric: str, out_path: Path) -> Path:
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             ax.set_title(f"{schedule} schedule")
             ax.grid(alpha=0.3)
-            if metric in ("fd", "fid"):
+            if metric.startswith(("fd_", "fid_")):
                 ax.set_yscale("log")
     fig.suptitle(f"{METRIC_LABELS.get(metric, metric)}: mean over seeds, band = min..max over seeds")
     fig.legend(loc="outside lower center", ncols=min(5, max(1, len(methods))), fontsize="small")
@@ -115,6 +145,48 @@ def table1(summary: list[dict], metric: str, settings: BenchSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checkpoint_table(summary: list[dict], records: list[dict], quality: list[str], settings: BenchSettings,
+                     most: int = 4) -> str:
+    """The paper's Table 1 in shape: per schedule, rows methods, and for each of a few checkpoints (those at
+    which every sample-quality score was computed, at most `most` of them, the last always) the bits/dim and
+    each FD, mean ± std over seeds (n = the seeds behind a cell where some lack it); best mean in bold."""
+    common = set.intersection(*(set(computed_steps(records, m)) for m in quality)) if quality else set()
+    steps = sorted(common or {st for m in quality for st in computed_steps(records, m)})
+    if not steps:
+        return "(no values)\n"
+    if len(steps) > most:
+        steps = [steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)]
+    cell = {(r["method"], r["schedule"], r["step"]): r for r in summary}
+    metrics = ["test_bpd"] + quality
+    out = []
+    for schedule in settings.schedules:
+        cols = [(st, m) for st in steps for m in metrics]
+        head = [f"{metric_label(m)} @{st}" + (" (exact)" if m == "test_bpd" and st == settings.steps and
+                                                settings.final_exact else "") for st, m in cols]
+        lines = [f"**{schedule}**", "", "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+        best = {}
+        for st, m in cols:
+            means = [cell[(k, schedule, st)].get(f"{m}_mean") for k in settings.methods if (k, schedule, st) in cell]
+            means = [v for v in means if v is not None]
+            best[(st, m)] = min(means) if means else None
+        for method in settings.methods:
+            cells = []
+            for st, m in cols:
+                r = cell.get((method, schedule, st))
+                if r is None or r.get(f"{m}_mean") is None:
+                    cells.append("–")
+                    continue
+                d = _digits(m)
+                text = f"{r[f'{m}_mean']:.{d}f} ± {r[f'{m}_std']:.{d}f}"
+                if r.get(f"{m}_n", r["seeds"]) < r["seeds"]:
+                    text += f" (n = {r[f'{m}_n']})"
+                cells.append(f"**{text}**" if r[f"{m}_mean"] == best[(st, m)] and len(settings.methods) > 1
+                             else text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        out += lines + [""]
+    return "\n".join(out)
+
+
 def ttq_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     rows = [r for r in rows if r["metric"] == metric]
     if not rows:
@@ -172,7 +244,8 @@ def headline(summary: list[dict], paired: list[dict], controls: list[dict] = (),
         lines.append(f"{schedule}, step {last} (mean ± std over seeds; lower is better):")
         for r in (r for r in rows if r["step"] == last):
             cells = []
-            for metric, label in (("test_bpd", "bits/dim"), ("fd", "FD"), ("fid", "FID")):
+            for metric in ("test_bpd",) + QUALITY_METRICS:
+                label = metric_label(metric)
                 if r.get(f"{metric}_mean") is not None:
                     d = _digits(metric)
                     v = verdicts.get((schedule, r["method"], metric))
@@ -184,7 +257,7 @@ def headline(summary: list[dict], paired: list[dict], controls: list[dict] = (),
         lines.append("  (no adaptive-frozen control in this run: a gain of the adaptive sampler may come from its "
                      "starting distribution rather than from learning; add --methods ...,adaptive-frozen)")
     for r in controls:
-        label = "bits/dim" if r["metric"] == "test_bpd" else r["metric"].upper()
+        label = metric_label(r["metric"])
         d = _digits(r["metric"])
         per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"])
         lines.append(f"  {r['method']} vs {r['baseline']} ({r['schedule']}): {label} Δ per seed {per_seed} "
@@ -205,7 +278,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path,
                  controls: list[dict] = (), tracks: dict | None = None) -> Path:
     metrics = metrics_in(records)
-    quality = [m for m in ("fd", "fid") if m in metrics]
+    quality = [m for m in QUALITY_METRICS if m in metrics]
     s = settings
     flow = s.flow
     baseline = FLOW_BASELINE if flow else BASELINE
@@ -216,14 +289,15 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                     "dequantised over their levels) on the first test images at every checkpoint"
                     + ("; at the last step on the whole test split with more steps, marked (exact): the ODE's "
                        "likelihood, exact up to the trace estimator." if s.final_exact else "."))
-        sampler_words = f"Euler, {s.ddim_steps} steps"
     else:
         bpd_line = ("- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the test split "
                     f"(every t < {s.eval_exact_below} exactly, one t from each of {s.eval_strata} log-spaced strata "
                     "above; the same timesteps and noise for every model) at every checkpoint"
                     + ("; at the last step the exact bound summed over all T terms, marked (exact)." if s.final_exact
                        else ", the last step included (no exact bound in this run)."))
-        sampler_words = f"DDIM, {s.ddim_steps} steps, η = 0"
+    fd_samplers = [m.split("_", 1)[1] for m in quality if m.startswith("fd_")]
+    computed = "; ".join(f"{metric_label(m)} ({sampler_words(m.split('_', 1)[1], s)}) at "
+                         f"{steps_words(computed_steps(records, m))}" for m in quality)
     def n(count, word):
         return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -252,32 +326,45 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
               "it is consistent and also larger than the standard deviation over seeds of either method alone, "
               "*on every seed (paired), within seed spread* when it is consistent but smaller, and *no consistent "
               "difference* otherwise. With 2–3 seeds this is a coarse screen, not a significance test."]
-    if "fd" in metrics:
-        lines += [f"- **FD**: Fréchet distance between features of {s.fd_samples} generated images ({sampler_words}, "
-                  f"EMA weights; starting noise from seed {s.sample_seed}, the same "
-                  f"for every method, seed and checkpoint; images rounded to the data's grey levels) and of the "
-                  f"{classifier.get('reference_images')} images of the **test split**. Features: the 64-unit "
-                  f"penultimate layer of a small CNN digit classifier trained once on the digits' training split "
-                  f"(seed {classifier.get('seed')}, cached in `{classifier.get('cache')}`); its test accuracy: "
+    if fd_samplers:
+        lines += [f"- **FD**: Fréchet distance between features of {s.fd_samples} generated images of each sampler "
+                  f"({', '.join(sampler_words(x, s) for x in fd_samplers)}; EMA weights; starting noise from seed "
+                  f"{s.sample_seed}, the same for every method, seed and checkpoint; images rounded to the data's grey "
+                  f"levels) and of the {classifier.get('reference_images')} images of the **test split**. Features: "
+                  f"the 64-unit penultimate layer of a small CNN digit classifier trained once on the digits' training "
+                  f"split (seed {classifier.get('seed')}, cached in `{classifier.get('cache')}`); its test accuracy: "
                   f"**{100 * classifier.get('test_accuracy', float('nan')):.1f}%** on "
-                  f"{classifier.get('test_images')} images. Floor from sample size: the FD between "
-                  f"{classifier.get('floor_images')} real training images and the test split is "
-                  f"{_fmt(classifier.get('floor_fd'), 1)}; a perfect model scores about that."]
+                  f"{classifier.get('test_images')} images. **Floor** from sample size: the FD between "
+                  f"{classifier.get('floor_images')} real training images and the test split (disjoint real sets, "
+                  f"the generated set's size, the same features) is {_fmt(classifier.get('floor_fd'), 1)}; a perfect "
+                  f"model scores about that. Every FD is given as mean ± std over seeds.",
+                  f"- **Where each score was computed**: {computed}."
+                  + (" A record made before the bench scored several samplers holds DDIM's (Euler's for a flow) "
+                     "alone: its other FDs show as –, and a mean over fewer seeds than the row's says over how "
+                     "many (n)." if costs.get("incomplete") else "")]
     if not quality:
         lines += [f"- **No sample-quality score**: the digit classifier only scores the digits, and no "
                   f"`--inception` network was given for `{s.data}`."]
-    if "fid" in metrics:
+    if any(m.startswith("fid_") for m in quality):
         lines += [f"- **FID**: the same distance in the features of the TorchScript network `{s.inception}` "
-                  f"(images as 0..255 floats, grey repeated to 3 channels, at their own size)."]
+                  f"(images as 0..255 floats, grey repeated to 3 channels, at their own size), for the same images."]
     lines += [""]
     lines += ["## Test bits/dim (mean ± std over seeds; lower is better; best per column in bold)", "",
               table1(summary, "test_bpd", s)]
+    if quality:
+        lines += ["## Sample quality at checkpoints, beside bits/dim (the paper's Table 1 in shape)", "",
+                  f"Mean ± std over seeds; lower is better; best per column in bold. FD floor (real against real, "
+                  f"the same sizes): {_fmt(classifier.get('floor_fd'), 1)}.", "",
+                  checkpoint_table(summary, records, quality, s)]
     for metric in quality:
         lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
                   table1(summary, metric, s)]
     lines += [f"## Time to reach {baseline}'s final score", ""]
     for metric in ["test_bpd_estimate"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", ttq_table(ttq, metric, baseline)]
+        if metric in quality:
+            lines += [f"Measured at {steps_words(computed_steps(records, metric))}: the steps and seconds to "
+                      f"the target have that resolution.", ""]
     lines += [f"## Paired comparison with {baseline} at the final checkpoint", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]
@@ -297,14 +384,20 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
         lines.append(f"| {m} | {c.get('trained', 0)} | {_fmt(c.get('steps_per_sec'), 1)} | "
                      f"{_fmt(c.get('run_seconds'), 1)} |")
     lines += [""]
-    if quality:
-        lines += [f"- Sampling and scoring one checkpoint ({s.fd_samples} DDIM images × {s.ddim_steps} steps, "
-                  f"features, Fréchet distance): {_fmt(costs.get('score_seconds_per_checkpoint'), 1)} s on average."]
+    per_checkpoint = costs.get("score_seconds_per_checkpoint") or {}
+    if isinstance(per_checkpoint, dict) and per_checkpoint:
+        lines += [f"- Sampling {s.fd_samples} images of one checkpoint and scoring them, on average: "
+                  + "; ".join(f"{metric_label(m)} ({sampler_words(m.split('_', 1)[1], s)}) {_fmt(v, 1)} s"
+                              for m, v in per_checkpoint.items()) + " (scored in this invocation)."]
     if classifier:
         lines += [f"- Digit classifier: {'loaded from cache in' if classifier.get('cached') else 'trained in'} "
                   f"{_fmt(classifier.get('seconds'), 1)} s."]
     lines += [f"- This invocation: {costs['total_seconds']:.0f} s wall-clock; {costs['trained']} runs trained, "
-              f"{costs['resumed']} resumed, {costs['skipped']} already finished.", ""]
+              f"{costs['resumed']} resumed, {costs['skipped']} already finished"
+              + (f", {costs['filled']} records given scores they lacked from their checkpoints" if costs.get("filled")
+                 else "")
+              + (f", {costs['incomplete']} records lacking a score these settings compute (no checkpoints to "
+                 f"compute it from; shown as –)" if costs.get("incomplete") else "") + ".", ""]
     lines += ["## Plots", ""] + [f"- `{p.name}`" for p in plots] + [""]
     lines += ["Raw data: `results.json` / `results.csv` (one record per run and checkpoint), `summary.csv`, "
               "`time_to_quality.csv`, `paired.csv`; per run: `runs/<method>__<schedule>__s<seed>/`.", ""]

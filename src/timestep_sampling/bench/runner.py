@@ -17,8 +17,8 @@ from ..checkpoint import latest_checkpoint
 from ..config import make_config
 from ..errors import UserError
 from .jsonfiles import read_json, read_jsonl, write_json
-from .records import current_records, read_record, run_name, write_record
-from .report import _fmt, headline, plot_curves, plot_densities, write_csv, write_report
+from .records import current_records, provenance, read_record, run_name, write_record
+from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
 from .stats import (BASELINE, FLOW_BASELINE, learned_vs_controls, metrics_in, paired_comparison, summarize,
@@ -87,8 +87,9 @@ def train_run(cfg, fingerprint: str | None = None) -> str:
     return "resumed" if state == "partial" else "trained"
 
 
-def run_records(cfg, method: str, schedule: str, seed: int) -> list[dict]:
-    """One record per evaluation of the run: the contract fields of results.json."""
+def run_records(cfg, method: str, schedule: str, seed: int, metrics: list[str] = ()) -> list[dict]:
+    """One record per evaluation of the run: the contract fields of results.json, and each FD in `metrics`
+    (fd_ddim, fd_ddpm...: None where it was not computed)."""
     folder = Path(cfg.out)
     cache = read_json(folder / "bench.json", {})
     evals = {r["step"]: r for r in read_jsonl(folder / "metrics.jsonl") if "test_bpd" in r}
@@ -100,11 +101,51 @@ def run_records(cfg, method: str, schedule: str, seed: int) -> list[dict]:
         record = {"method": method, "schedule": schedule, "seed": seed, "step": step,
                   "train_seconds": r["train_seconds"], "test_bpd": r["test_bpd"], "bpd_method": kind,
                   "test_bpd_estimate": estimate}
-        record["fd"] = cache.get("fd", {}).get("values", {}).get(str(step))  # None where there is no FD
-        if "fid" in cache:
-            record["fid"] = cache["fid"]["values"].get(str(step))
+        for metric in metrics:
+            record[metric] = cache.get(metric, {}).get("values", {}).get(str(step))
         records.append(record)
     return records
+
+
+def missing_scores(settings: BenchSettings, evals: list[dict], metrics: list[str]) -> dict[str, list[int]]:
+    """metric → the steps at which a run's evaluations lack a score these settings compute there (a record
+    made before the ancestral FD existed lacks fd_ddpm)."""
+    missing = {}
+    for metric in metrics:
+        sampler = metric.split("_", 1)[1]
+        steps = [e["step"] for e in evals if settings.fd_due(sampler, e["step"]) and e.get(metric) is None]
+        if steps:
+            missing[metric] = steps
+    return missing
+
+
+def fill_record(settings: BenchSettings, kept: dict, scorers, device, metrics: list[str]) -> list[str]:
+    """Add to a recorded cell the scores it lacks (`missing_scores`) from the checkpoints of its run folder
+    under --out, when that folder holds the very run recorded (its bits/dim at every evaluation equal the
+    record's) and keeps them; the record keeps its provenance and notes what was added when. Returns the
+    metrics added to (none when the run folder is another run, or its checkpoints are gone)."""
+    cell = (kept["method"], kept["schedule"], kept["seed"])
+    cfg = run_config(settings, *cell)
+    try:
+        if run_state(cfg, method_fingerprint(*cell[:2], settings.T)) != "finished":
+            return []
+    except UserError:
+        return []
+    if {e["step"]: e["test_bpd"] for e in run_records(cfg, *cell)} != {e["step"]: e["test_bpd"] for e in kept["evals"]}:
+        return []
+    score_run(cfg, settings, scorers, device)
+    ours = {e["step"]: e for e in run_records(cfg, *cell, metrics)}
+    added, evals = set(), []
+    for e in kept["evals"]:
+        new = {m: ours[e["step"]][m] for m in metrics if e.get(m) is None and ours[e["step"]].get(m) is not None}
+        added |= set(new)
+        evals.append({**e, **new})
+    if added:
+        record = {k: v for k, v in kept.items() if k != "grid"}
+        record["evals"] = evals
+        record["scores_added"] = record.get("scores_added", []) + [{"metrics": sorted(added), **provenance()}]
+        write_record(settings.records, run_name(*cell), settings, record)
+    return sorted(added)
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -124,9 +165,10 @@ def run_bench(settings: BenchSettings) -> dict:
         if not cell[0].endswith(FINAL_SUFFIX) and not recorded:
             run_state(run_config(settings, *cell), method_fingerprint(cell[0], cell[1], settings.T))  # fail early
     scorers, classifier = build_scorers(settings, device, out)
-    counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0, "missing": 0}
+    scores = [scorer.metric(sampler) for scorer in scorers for sampler in settings.samplers]  # fd_ddim, fd_ddpm...
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0, "missing": 0, "filled": 0, "incomplete": 0}
     method_costs: dict[str, dict] = {m: {"trained": 0, "rate": [], "run_seconds": []} for m in settings.methods}
-    score_seconds = []
+    score_seconds: dict[str, list[float]] = {m: [] for m in scores}
     records = []
     bar = tqdm(grid, desc="bench", unit="run", disable=not settings.progress, dynamic_ncols=True)
     for method, schedule, seed in bar:
@@ -136,8 +178,21 @@ def run_bench(settings: BenchSettings) -> dict:
         kept = read_record(settings.records, name, settings, fingerprint) if settings.records else None
         if kept is not None:
             counts["recorded"] += 1
+            note = ""
+            if missing_scores(settings, kept["evals"], scores) and not settings.report_only:
+                added = fill_record(settings, kept, scorers, device, scores)
+                if added:
+                    counts["filled"] += 1
+                    kept = read_record(settings.records, name, settings, fingerprint)
+                    note = f"; {', '.join(added)} added from its checkpoints under {settings.out}"
+            lacking = missing_scores(settings, kept["evals"], scores)
+            if lacking:
+                counts["incomplete"] += 1
+                note += "; lacks " + ", ".join(f"{m} at step{'s' if len(st) > 1 else ''} {', '.join(map(str, st))}"
+                                               for m, st in lacking.items())
             records += kept["evals"]
-            bar.write(f"{name}: recorded in {settings.records} (commit {str(kept['provenance']['commit'])[:10]})")
+            bar.write(f"{name}: recorded in {settings.records} (commit {str(kept['provenance']['commit'])[:10]})"
+                      + note)
             continue
         if settings.report_only:
             counts["missing"] += 1
@@ -159,9 +214,9 @@ def run_bench(settings: BenchSettings) -> dict:
         cache = score_run(cfg, settings, scorers, device)
         if "run_seconds" in cache:
             method_costs[method]["run_seconds"].append(cache["run_seconds"])
-        for scorer in scorers:
-            score_seconds += list(cache.get(scorer.metric, {}).get("seconds", {}).values())
-        run_records_ = run_records(cfg, method, schedule, seed)
+        for metric in scores:
+            score_seconds[metric] += list(cache.get(metric, {}).get("seconds", {}).values())
+        run_records_ = run_records(cfg, method, schedule, seed, scores)
         records += run_records_
         if settings.records and final:
             write_record(settings.records, name, settings, {
@@ -173,7 +228,7 @@ def run_bench(settings: BenchSettings) -> dict:
                          "run_seconds": cache.get("run_seconds")}})
         last = run_records_[-1] if run_records_ else {}
         bar.write(f"{run_name(method, schedule, seed)}: {outcome}; final test bits/dim {_fmt(last.get('test_bpd'), 3)}"
-                  + (f", FD {_fmt(last.get('fd'), 1)}" if "fd" in last else ""))
+                  + "".join(f", {metric_label(m)} {_fmt(last[m], 1)}" for m in scores if last.get(m) is not None))
     bar.close()
     if settings.records:  # the report covers every recorded run of this grid, not only this invocation's
         records = [e for r in current_records(settings, say=bar.write) for e in r["evals"]]
@@ -192,7 +247,7 @@ def run_bench(settings: BenchSettings) -> dict:
              for m in metrics_in(records) if m != "test_bpd"]
     plots += plot_densities(out, tracks)
     costs = {"device": str(device), "total_seconds": time.perf_counter() - wall, **counts,
-             "score_seconds_per_checkpoint": float(np.mean(score_seconds)) if score_seconds else None,
+             "score_seconds_per_checkpoint": {m: float(np.mean(v)) for m, v in score_seconds.items() if v},
              "methods": {m: {"trained": c["trained"],
                              "steps_per_sec": float(np.mean(c["rate"])) if c["rate"] else None,
                              "run_seconds": float(np.mean(c["run_seconds"])) if c["run_seconds"] else None}

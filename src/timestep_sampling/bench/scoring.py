@@ -12,20 +12,36 @@ import torch
 
 from ..checkpoint import list_checkpoints
 from ..objectives import make_objective
+from ..sampling import ddim_sample, ddpm_sample, save_grid
 from .jsonfiles import read_json, read_jsonl, write_json
-from .settings import BenchSettings
+from .settings import FD_SAMPLERS, BenchSettings
 
 SAMPLE_CHUNK = 512  # images per sampler call; fixed, so the starting noise of image i never depends on the count
 
 
 class Scorer:
-    """A Fréchet distance against fixed reference images, in one feature space."""
+    """A Fréchet distance against fixed reference images, in one feature space (`name`: "fd" for the digit
+    classifier's, "fid" for a TorchScript network's), for the images of any of the bench's samplers: its
+    metric for one sampler is "<name>_<sampler>" (fd_ddim, fd_ddpm, fd_euler, fd_heun), each with its own
+    cache key in bench.json (`key_for`)."""
 
-    def __init__(self, metric: str, features, reference: torch.Tensor, key: dict):
+    def __init__(self, name: str, features, reference: torch.Tensor, key: dict):
         from ..frechet import gaussian_stats
 
-        self.metric, self.features, self.key = metric, features, key
+        self.name, self.features, self.key = name, features, key
         self.reference_stats = gaussian_stats(features(reference))
+
+    def metric(self, sampler: str) -> str:
+        return f"{self.name}_{sampler}"
+
+    def key_for(self, sampler: str) -> dict:
+        """What a cached score of `sampler`'s images depends on. The first sampler of each objective (DDIM,
+        Euler) keeps the key its scores had when it was the only one, so that older run folders keep them."""
+        if sampler in (kinds[0] for kinds in FD_SAMPLERS.values()):
+            return self.key
+        if sampler == "ddpm":  # all T steps of the run's own reverse process: no step count of ours
+            return {**{k: v for k, v in self.key.items() if k != "ddim_steps"}, "sampler": "ddpm"}
+        return {**self.key, "sampler": sampler}
 
     def __call__(self, images: torch.Tensor) -> float:
         from ..frechet import frechet_distance, gaussian_stats
@@ -33,11 +49,13 @@ class Scorer:
         return frechet_distance(*gaussian_stats(self.features(images)), *self.reference_stats)
 
 
-def generate(checkpoint: Path, settings: BenchSettings, device) -> torch.Tensor:
-    """`fd_samples` samples of a checkpoint's EMA model from the fixed starting noise: DDIM for DDPM, Euler
-    steps of the run's own flow for rectified flow, `ddim_steps` steps either way."""
+def generate(checkpoint: Path, settings: BenchSettings, device, sampler: str = "ddim") -> torch.Tensor:
+    """`fd_samples` samples of a checkpoint's EMA model from the fixed starting noise (seed `sample_seed`, drawn
+    in chunks of SAMPLE_CHUNK images, so that image i starts from the same noise whatever the count), in [-1, 1]:
+    for a DDPM "ddim" (η = 0, `ddim_steps` steps) or "ddpm" (ancestral sampling through all T steps with the
+    run's own variance, fresh noise at each step from the same generator); for rectified flow "euler" or
+    "heun" in `ddim_steps` steps of the run's own flow."""
     from ..evaluate import load_model
-    from ..sampling import ddim_sample
 
     model, schedule, cfg, meta = load_model(checkpoint, device)
     objective = make_objective(cfg, schedule, meta["bins"])
@@ -48,10 +66,12 @@ def generate(checkpoint: Path, settings: BenchSettings, device) -> torch.Tensor:
         n = min(SAMPLE_CHUNK, left)
         if objective.continuous:
             noise = torch.randn((n,) + shape, generator=gen).to(device)
-            images = objective.flow.sample(model, noise, settings.ddim_steps).clamp(-1, 1)
+            images = objective.flow.sample(model, noise, settings.ddim_steps, solver=sampler)
+        elif sampler == "ddpm":
+            images = ddpm_sample(model, schedule, (n,) + shape, device=device, generator=gen, variance=cfg.variance)
         else:
             images = ddim_sample(model, schedule, (n,) + shape, steps=settings.ddim_steps, device=device, generator=gen)
-        out.append(images.cpu())
+        out.append(images.clamp(-1, 1).cpu())
         left -= n
     return torch.cat(out)
 
@@ -68,33 +88,37 @@ def estimate_checkpoint(checkpoint: Path, cfg, device) -> float:
 
 
 def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> dict:
-    """Add to the run's bench.json every score it lacks: each scorer's distance at every checkpoint after
-    step 0, and the stratified estimate at the final step if the trainer logged the exact bound there.
-    Then delete the intermediate checkpoints unless asked to keep them (the last one always stays)."""
-    from ..sampling import save_grid
-
+    """Add to the run's bench.json every score it lacks: each scorer's distance for each of the settings'
+    samplers at the checkpoints where that sampler's FD is due (`BenchSettings.fd_due`), and the stratified
+    estimate at the final step if the trainer logged the exact bound there. Then delete the intermediate
+    checkpoints unless asked to keep them (the last one always stays)."""
     folder = Path(cfg.out)
     path = folder / "bench.json"
     cache = read_json(path, {})
     checkpoints = {int(p.name.split("_")[1]): p for p in list_checkpoints(folder / "checkpoints")}
     evals = {r["step"]: r for r in read_jsonl(folder / "metrics.jsonl") if "test_bpd" in r}
+    first = FD_SAMPLERS["flow" if settings.flow else "ddpm"][0]
     for scorer in scorers:
-        entry = cache.get(scorer.metric)
-        if not entry or entry.get("key") != scorer.key:
-            cache[scorer.metric] = {"key": scorer.key, "values": {}, "seconds": {}}
+        if scorer.name in cache:  # a folder scored before there were several samplers: its FD was `first`'s
+            cache.setdefault(scorer.metric(first), cache.pop(scorer.name))
+        for sampler in settings.samplers:
+            entry = cache.get(scorer.metric(sampler))
+            if not entry or entry.get("key") != scorer.key_for(sampler):
+                cache[scorer.metric(sampler)] = {"key": scorer.key_for(sampler), "values": {}, "seconds": {}}
     for step in sorted(s for s in evals if s > 0):
-        todo = [s for s in scorers if str(step) not in cache[s.metric]["values"]]
-        if not todo or step not in checkpoints:
-            continue  # done, or its checkpoint was pruned before this metric was asked for
-        start = time.perf_counter()
-        images = generate(checkpoint=checkpoints[step], settings=settings, device=device)
-        sample_seconds = time.perf_counter() - start
-        save_grid(images[:64], folder / "samples" / f"ddim_step_{step:08d}.png")
-        for scorer in todo:
+        for sampler in settings.samplers:
+            todo = [s for s in scorers if str(step) not in cache[s.metric(sampler)]["values"]]
+            if not todo or step not in checkpoints or not settings.fd_due(sampler, step):
+                continue  # done, not due, or its checkpoint was pruned before this metric was asked for
             start = time.perf_counter()
-            cache[scorer.metric]["values"][str(step)] = scorer(images)
-            cache[scorer.metric]["seconds"][str(step)] = sample_seconds + time.perf_counter() - start
-        write_json(path, cache)
+            images = generate(checkpoint=checkpoints[step], settings=settings, device=device, sampler=sampler)
+            sample_seconds = time.perf_counter() - start
+            save_grid(images[:64], folder / "samples" / f"{sampler}_step_{step:08d}.png")
+            for scorer in todo:
+                start = time.perf_counter()
+                cache[scorer.metric(sampler)]["values"][str(step)] = scorer(images)
+                cache[scorer.metric(sampler)]["seconds"][str(step)] = sample_seconds + time.perf_counter() - start
+            write_json(path, cache)
     final = evals.get(cfg.steps)
     if final is not None and bpd_kind(final) == "exact" and "final_estimate" not in cache:
         if cfg.steps in checkpoints:
@@ -102,6 +126,7 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
             value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device)
             cache["final_estimate"] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
             write_json(path, cache)
+    write_json(path, cache)
     if not settings.keep_checkpoints:
         for step, ckpt in checkpoints.items():
             if step != max(checkpoints):
@@ -122,7 +147,9 @@ def bpd_kind(metrics: dict) -> str:
 
 def build_scorers(settings: BenchSettings, device, out: Path) -> tuple[list[Scorer], dict]:
     """The FD scorer (digit classifier, for the digits) and the FID scorer (--inception), with the
-    classifier's facts for the report."""
+    classifier's facts for the report: its accuracy, and the FD's floor from sample size, the FD between
+    as many real training images as are generated (`fd_samples`, at most the split) and the test split,
+    disjoint real sets in the same features: what a perfect model scores."""
     from ..data import load_data
     from ..frechet import (DigitFeatures, TorchScriptFeatures, frechet_distance_features,
                           load_or_train_digit_classifier)

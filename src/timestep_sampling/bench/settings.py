@@ -20,11 +20,20 @@ FLOW_METHODS = ("flow-uniform", "flow-logit-normal", "flow-mode", "flow-cosmap",
                 "flow-adaptive-frozen", "flow-adaptive-final")
 FLOW_QUICK_METHODS = ("flow-uniform", "flow-adaptive", "flow-adaptive-frozen")
 # --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
-# 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds.
+# 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds. Its FD is
+# DDIM's alone: the ancestral FD (1000 model calls an image) would more than double the job (BenchSettings).
 QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
-             final_exact=False, eval_strata=20, fd_samples=256, ddim_steps=20, warmup=50, ema_decay=0.99)
+             final_exact=False, eval_strata=20, fd_samples=256, ddim_steps=20, warmup=50, ema_decay=0.99,
+             fd_samplers=("ddim",))
 FULL = dict(methods=DEFAULT_METHODS, schedules=DEFAULT_SCHEDULES, seeds=3, steps=3000, eval_every=500,
-            final_exact=True, eval_strata=80, fd_samples=1000, ddim_steps=50, warmup=200, ema_decay=0.999)
+            final_exact=True, eval_strata=80, fd_samples=1000, ddim_steps=50, warmup=200, ema_decay=0.999,
+            fd_samplers=("ddim", "ddpm"))
+
+# The samplers whose images the FD scores: DDIM in `ddim_steps` steps (η = 0) and DDPM's ancestral sampling
+# through all T steps (the paper's FIDs) for a DDPM; Euler's and Heun's method in `ddim_steps` steps for a
+# rectified flow (both cheap: --quick keeps both). The first of each is the one an FD named without a sampler
+# (`fd`, `fid`: records and run folders made when it was the only one) was computed with.
+FD_SAMPLERS = {"ddpm": ("ddim", "ddpm"), "flow": ("euler", "heun")}
 
 
 # A method name the bench resolves itself: the learned sampler at its final state, fixed from step 0 (does
@@ -35,6 +44,18 @@ FINAL_SUFFIX = "-final"
 
 @dataclass
 class BenchSettings:
+    """One grid and how it is measured. The presets: the full grid (`FULL`) and `--quick` (`QUICK`: 3 methods,
+    the linear schedule, 2 seeds, 400 steps, checkpoints at 200 and 400, 256 images per FD, DDIM-20, no exact
+    bound; its FD is DDIM's only: ancestral sampling of 256 images took 74 s a checkpoint on one core and 50 s
+    on two (DDIM-20: 2 s), 5 to 15 minutes more for its 6 runs even at their last checkpoints alone, where the
+    whole job takes about 8 minutes on one core; a flow's --quick scores Euler and Heun, both cheap).
+
+    `fd_samplers` names the samplers whose images are scored (`FD_SAMPLERS`; records and tables carry one FD per
+    sampler: fd_ddim, fd_ddpm, fd_euler, fd_heun, and fid_... with --inception). DDIM, Euler and Heun are
+    scored at every checkpoint; DDPM's ancestral sampling (T model calls an image) at the steps `fd_steps`
+    gives: every `fd_ddpm_every` steps and the last, by default about three checkpoints (`fd_ddpm_every` =
+    steps / 3 rounded to a multiple of eval_every)."""
+
     out: str
     methods: tuple[str, ...] = DEFAULT_METHODS
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES
@@ -62,6 +83,8 @@ class BenchSettings:
     records: str | None = None  # a folder of per-run records (records.py): skip what is there, report all
     report_only: bool = False   # with records: train nothing, report what is recorded
     objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
+    fd_samplers: tuple[str, ...] | None = None  # None: the objective's own (FD_SAMPLERS)
+    fd_ddpm_every: int | None = None            # None: about three checkpoints (fd_steps)
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
 
     @property
@@ -75,6 +98,23 @@ class BenchSettings:
 
     def grid(self) -> list[tuple[str, str, int]]:
         return [(m, s, seed) for s in self.schedules for m in self.methods for seed in self.seed_list]
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The FD's samplers, the objective's default where none were chosen."""
+        return self.fd_samplers or FD_SAMPLERS["flow" if self.flow else "ddpm"]
+
+    def fd_due(self, sampler: str, step: int) -> bool:
+        """Whether `sampler`'s FD is computed at the checkpoint of `step` (> 0) of a run of these settings."""
+        if sampler != "ddpm":
+            return step > 0
+        every = self.fd_ddpm_every or max(1, round(self.steps / 3 / self.eval_every)) * self.eval_every
+        return step > 0 and (step % every == 0 or step == self.steps)
+
+    def fd_steps(self, sampler: str) -> list[int]:
+        """The checkpoint steps (multiples of eval_every and the last step) at which `sampler`'s FD is computed."""
+        checkpoints = sorted({*range(self.eval_every, self.steps + 1, self.eval_every), self.steps})
+        return [s for s in checkpoints if self.fd_due(sampler, s)]
 
 
 def _split_names(value) -> tuple[str, ...] | None:
@@ -92,6 +132,10 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
     if objective_name(str(options.get("objective") or "")) == "flow":
         require(schedules is None, "rectified flow has no noise schedule: drop --schedules with --objective flow")
         base.update(methods=FLOW_QUICK_METHODS if quick else FLOW_METHODS, schedules=(FLOW_TIME,))
+    if "fd_samplers" in options:
+        options["fd_samplers"] = _split_names(options["fd_samplers"])
+    if objective_name(str(options.get("objective") or "")) == "flow":
+        base.pop("fd_samplers")  # the flow's own (FD_SAMPLERS)
     chosen = dict(methods=_split_names(methods), schedules=_split_names(schedules), seeds=seeds, steps=steps,
                   eval_every=eval_every, **options)
     base.update({k: v for k, v in chosen.items() if v is not None})
@@ -131,6 +175,17 @@ def validate(settings: BenchSettings) -> None:
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")
     require(settings.eval_every <= settings.steps,
             f"--eval-every ({settings.eval_every}) must not exceed --steps ({settings.steps})")
+    kind = "flow" if flow else "ddpm"
+    if settings.fd_samplers is not None:
+        require(len(settings.fd_samplers) > 0, "--fd-samplers is empty; valid choices: " + ", ".join(FD_SAMPLERS[kind]))
+        for name in settings.fd_samplers:
+            if name not in FD_SAMPLERS[kind]:
+                raise unknown_choice(f"FD sampler for {'rectified flow' if flow else 'DDPM'}", name, FD_SAMPLERS[kind])
+    if settings.fd_ddpm_every is not None:
+        require(isinstance(settings.fd_ddpm_every, int) and settings.fd_ddpm_every >= 1,
+                f"--fd-ddpm-every must be an integer >= 1, got {settings.fd_ddpm_every!r}")
+        require("ddpm" in settings.samplers, "--fd-ddpm-every sets when the ancestral FD is computed: add ddpm to "
+                                             "--fd-samplers (a DDPM grid's)")
     require(not settings.report_only or settings.records,
             "--report-only reports what a --records folder holds: add --records FOLDER")
     if settings.inception is not None:

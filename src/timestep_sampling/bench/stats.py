@@ -18,9 +18,15 @@ def _mean_std(values) -> tuple[float | None, float | None, int]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
 
 
+# The sample-quality scores: a Fréchet distance in the digit classifier's features (fd) or a TorchScript
+# network's (fid), of the images of one sampler each.
+QUALITY_METRICS = tuple(f"{name}_{sampler}" for name in ("fd", "fid") for sampler in ("ddim", "ddpm", "euler", "heun"))
+
+
 def metrics_in(records: list[dict]) -> list[str]:
     """The score fields that hold at least one value, in a fixed order."""
-    return [m for m in ("test_bpd", "test_bpd_estimate", "fd", "fid") if any(r.get(m) is not None for r in records)]
+    return [m for m in ("test_bpd", "test_bpd_estimate") + QUALITY_METRICS
+            if any(r.get(m) is not None for r in records)]
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -33,8 +39,10 @@ def summarize(records: list[dict]) -> list[dict]:
         row = {"method": method, "schedule": schedule, "step": step, "seeds": len(rs),
                "bpd_method": rs[0]["bpd_method"]}
         for metric in ("train_seconds",) + tuple(metrics_in(records)):
-            mean, std, _ = _mean_std([r.get(metric) for r in rs])
+            mean, std, n = _mean_std([r.get(metric) for r in rs])
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+            if metric in QUALITY_METRICS:  # a score computed at some checkpoints, or missing from older records
+                row[f"{metric}_n"] = n
         rows.append(row)
     return rows
 
