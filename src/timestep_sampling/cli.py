@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import UserError
+from .methods import available_methods
 
 
 def _train(args) -> None:
@@ -268,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", help="linear, quad, cosine (or scaled_linear, squaredcos_cap_v2)")
     p.add_argument("--T", type=int, help="number of diffusion timesteps (default 1000)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--method", help="a preset pairing a sampler and a weighting, e.g. uniform, min-snr, speed, adaptive")
+    p.add_argument("--method", help="a preset pairing a sampler and a weighting: " + ", ".join(available_methods())
+                   + "; or any 'sampler+weighting' (ablations kept for old records: available_methods(ablations=True))")
     p.add_argument("--sampler", help="override the preset's sampler, e.g. 'logit-normal:mean=0,std=1'")
     p.add_argument("--weighting", help="override the preset's weighting, e.g. 'min-snr:gamma=5'")
     p.add_argument("--objective", help="ddpm (default) or flow (rectified flow: use a flow-... method), "
