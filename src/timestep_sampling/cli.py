@@ -215,8 +215,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--out", required=True, help="folder for runs/, results.json, summary.csv, report.md, *.png")
     p.add_argument("--quick", action="store_true", help="uniform, adaptive, adaptive-frozen; linear; 2 seeds; 400 steps; "
                                                         "FD of DDIM samples only (a few minutes on 2 CPU cores)")
-    p.add_argument("--methods", help="comma-separated method presets (default: uniform, p2, min-snr, logit-normal, "
-                                     "speed, speed-2024, adaptive, adaptive-min-snr, adaptive-frozen, beta-0.95)")
+    p.add_argument("--methods", help="comma-separated method presets (default: the paper's table: uniform, p2, "
+                                     "min-snr, logit-normal, lognormal-edm, speed, loss-second-moment, adaptive, "
+                                     "adaptive-mix, adaptive-min-snr, adaptive-unbiased, adaptive-frozen, adaptive-paper)")
     p.add_argument("--schedules", help="comma-separated noise schedules (default linear,cosine,quad)")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 per method and schedule (default 3)")
     p.add_argument("--only-seeds", help="just these seeds, e.g. 2 or 0,2 (to split a method's seeds across processes "

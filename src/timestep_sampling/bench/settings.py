@@ -11,16 +11,18 @@ from ..methods import is_flow_method, make_method, method_specs
 from ..objectives import OBJECTIVES, objective_name
 from ..schedule import SCHEDULES, NoiseSchedule
 
-DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "speed", "speed-2024", "adaptive",
-                   "adaptive-min-snr", "adaptive-frozen", "beta-0.95")
+# The paper's Table 1 (its heuristics; Min-SNR its strongest), the learned sampler in its forms, and its controls.
+DEFAULT_METHODS = ("uniform", "p2", "min-snr", "logit-normal", "lognormal-edm", "speed", "loss-second-moment",
+                   "adaptive", "adaptive-mix", "adaptive-min-snr", "adaptive-unbiased", "adaptive-frozen",
+                   "adaptive-paper")
 DEFAULT_SCHEDULES = ("linear", "cosine", "quad")
 # --objective flow: rectified flow has no noise schedule; its runs are filed under this one name instead.
 FLOW_TIME = "flow"
 FLOW_METHODS = ("flow-uniform", "flow-logit-normal", "flow-mode", "flow-cosmap", "flow-beta-0.95", "flow-adaptive",
-                "flow-adaptive-frozen", "flow-adaptive-final")
+                "flow-adaptive-min-snr", "flow-adaptive-frozen", "flow-adaptive-final")
 FLOW_QUICK_METHODS = ("flow-uniform", "flow-adaptive", "flow-adaptive-frozen")
-# --quick, sized by measurement (see README "Benchmark"): 3 methods x 1 schedule x 2 seeds in about 6 min on
-# 2 cores; the learned sampler beside its frozen control, so a newcomer sees what learning adds. Its FD is
+# --quick, sized by measurement (docs/benchmark.md): 3 methods x 1 schedule x 2 seeds in about 3 min on 2 idle
+# cores (8 min on one busy core); the learned sampler beside its frozen control, so a newcomer sees what learning adds. Its FD is
 # DDIM's alone: the ancestral FD (1000 model calls an image) would more than double the job (BenchSettings).
 QUICK = dict(methods=("uniform", "adaptive", "adaptive-frozen"), schedules=("linear",), seeds=2, steps=400, eval_every=200,
              final_exact=False, eval_strata=20, fd_samples=256, ddim_steps=20, warmup=50, ema_decay=0.99,
