@@ -676,3 +676,43 @@ def test_records_with_only_fd_still_report_as_the_ddim_fd(tmp_path, classifier_c
     assert "## FD of DDIM samples (digit-classifier features)" in report and "| 20.0 ± 0.0 |" in report
     assert "FD DDIM (DDIM, 3 steps, η = 0) at steps 5, 10" in report
     assert "1 records lacking a score these settings compute" in report
+
+
+def test_a_shorter_run_of_the_same_cell_lends_its_score_only_when_it_is_the_runs_beginning(tmp_path, classifier_cache):
+    """A 10-step grid with the ancestral FD at its end only, and the same cell trained for 5 steps with it at
+    step 5: the 5-step run is the 10-step run's beginning (equal bits/dim and DDIM FD at steps 5), so the long
+    record gains its fd_ddpm at step 5, noted as added. A prefix that trained otherwise (another seed's
+    numbers) or under other settings is refused with one line, and the record is left alone."""
+    import subprocess
+    import sys
+
+    long_records, short_records = tmp_path / "long", tmp_path / "short"
+    for out in ("out10", "out5"):
+        shutil.copytree(classifier_cache, tmp_path / out / "classifier")
+    bench.run_bench(tiny_settings(tmp_path / "out10", records=str(long_records), fd_samplers="ddim,ddpm",
+                                  fd_ddpm_every=10))
+    bench.run_bench(tiny_settings(tmp_path / "out5", records=str(short_records), steps=5, fd_samplers="ddim,ddpm"))
+    name = "uniform__linear__s0.json"
+    long, short = bench.load_record(long_records / name), bench.load_record(short_records / name)
+    assert [e.get("fd_ddpm") is not None for e in long["evals"]] == [False, False, True]
+    assert short["evals"][-1]["step"] == 5 and short["evals"][-1]["fd_ddpm"] > 0
+
+    merged, added = bench_records.scores_from_prefix(long, short)
+    assert added == ["fd_ddpm"] and merged["evals"][1]["fd_ddpm"] == short["evals"][-1]["fd_ddpm"]
+    assert [e.get("fd_ddpm") is not None for e in merged["evals"]] == [False, True, True]
+    assert merged["scores_added"][-1]["step"] == 5 and merged["provenance"] == long["provenance"]
+    assert bench_records.scores_from_prefix(merged, short)[1] == []  # nothing left to add
+
+    other = json.loads(json.dumps(short))
+    other["evals"][-1]["test_bpd_estimate"] *= 1 + 1e-6
+    with pytest.raises(UserError, match="not this run's beginning: test_bpd_estimate at step 5"):
+        bench_records.scores_from_prefix(long, other)
+    other = {**short, "grid": {**short["grid"], "batch_size": 32}}
+    with pytest.raises(UserError, match=r"other settings \(batch_size\)"):
+        bench_records.scores_from_prefix(long, other)
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scores_from_prefix.py"
+    done = subprocess.run([sys.executable, str(script), str(long_records), str(short_records)],
+                          capture_output=True, text=True, check=True)
+    assert "fd_ddpm at step 5 added" in done.stdout
+    assert bench.load_record(long_records / name)["evals"] == merged["evals"]

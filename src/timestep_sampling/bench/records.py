@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, require
 from .settings import FD_SAMPLERS, FINAL_SUFFIX, FLOW_TIME, method_fingerprint
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
@@ -74,12 +75,18 @@ def write_record(folder: Path, name: str, settings, record: dict) -> Path:
     machine's provenance unless the record carries its own."""
     folder = Path(folder)
     path = record_path(folder, name)
-    body = {"grid": grid_key(settings), **pack_record(record)}
+    body = {"grid": grid_key(settings), **record}
     body.setdefault("provenance", provenance())  # a record rewritten to add scores keeps where it was made
+    return rewrite_record(path, body)
+
+
+def rewrite_record(path: Path, record: dict) -> Path:
+    """Write a whole record (its grid included) to `path` atomically, in the compact form."""
+    path = Path(path)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
+        tmp.write_text(json.dumps(pack_record(record), indent=1) + "\n")
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write the run record {str(path)!r} ({e.strerror or e})") from None
@@ -180,6 +187,51 @@ def unpack_record(record: dict) -> dict:
     if not sampler or "density" not in sampler:
         return record
     return {**record, "sampler": {**sampler, "density": unpack_density(sampler["density"])}}
+
+
+# ----------------------------------------------------------------------------- scores from a shorter run
+
+# The scores that must agree wherever a run and its supposed beginning both evaluated: bits/dim estimated the
+# same way at every checkpoint, and DDIM's FD (computed at every checkpoint from the same starting noise).
+PREFIX_CHECKS = ("test_bpd_estimate", "fd_ddim", "fd_euler")
+
+
+def scores_from_prefix(record: dict, prefix: dict, metrics=("fd_ddpm",)) -> tuple[dict, list[str]]:
+    """`record` with the `metrics` it lacks at the last step of `prefix`, a shorter run of the same cell
+    under the same grid but for its length (the trainer's learning rate and EMA do not depend on the run's
+    length, so its first steps are the longer run's), taken from that run; and the metrics added.
+
+    Whether `prefix` is this run's beginning is measured, not assumed: at every step both evaluated, its
+    estimated bits/dim and its DDIM FD must equal the record's (to 1e-9), the last step included, where both
+    hold the weights after the same training. Anything else is a UserError, so a prefix that trained
+    differently (another commit, thread count or machine) never lends its scores to another run."""
+    cell = lambda r: (r.get("method"), r.get("schedule"), r.get("seed"), r.get("fingerprint"))
+    name = run_name(*cell(record)[:3])
+    require(cell(record) == cell(prefix), f"{name}: the shorter run is another cell or method ({cell(prefix)})")
+    grid, short = {**LEGACY_GRID, **record.get("grid", {})}, {**LEGACY_GRID, **prefix.get("grid", {})}
+    others = sorted(k for k in {*grid, *short} - {"steps"} if grid.get(k) != short.get(k))
+    require(not others, f"{name}: the shorter run was made under other settings ({', '.join(others)})")
+    require(short.get("steps", 0) < grid.get("steps", 0), f"{name}: the prefix run is not shorter "
+                                                          f"({short.get('steps')} steps against {grid.get('steps')})")
+    ours, theirs = ({e["step"]: e for e in r["evals"]} for r in (record, prefix))
+    last = max(theirs)
+    require(last in ours, f"{name}: the long run has no evaluation at step {last}, the shorter run's last")
+    for step in sorted(set(ours) & set(theirs)):
+        for key in PREFIX_CHECKS:
+            a, b = ours[step].get(key), theirs[step].get(key)
+            if a is None or b is None:
+                continue
+            require(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12),
+                    f"{name}: the shorter run is not this run's beginning: {key} at step {step} is {b!r} there "
+                    f"and {a!r} here")
+    require(theirs[last].get("test_bpd_estimate") is not None and ours[last].get("test_bpd_estimate") is not None,
+            f"{name}: no estimated bits/dim at step {last} in both runs, so nothing shows they reached the same weights")
+    new = {m: theirs[last][m] for m in metrics if ours[last].get(m) is None and theirs[last].get(m) is not None}
+    if not new:
+        return record, []
+    evals = [{**e, **new} if e["step"] == last else e for e in record["evals"]]
+    note = {"metrics": sorted(new), "step": last, "from_prefix_run": prefix.get("provenance", {})}
+    return {**record, "evals": evals, "scores_added": record.get("scores_added", []) + [note]}, sorted(new)
 
 
 # ----------------------------------------------------------------------------- what a report may use
