@@ -15,6 +15,7 @@ other settings (steps, model, evaluation...) is left alone and not mixed in.
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import json
 import math
@@ -44,8 +45,10 @@ def _same_grid(record: dict, key: dict) -> bool:
     return {**LEGACY_GRID, **record.get("grid", {})} == key
 
 
-def provenance() -> dict:
-    """Where and how a run was made: commit, threads, machine, versions, date."""
+@functools.cache
+def code_version() -> dict:
+    """The commit this process's code came from, read once: a run that takes hours is the code it started
+    with, whatever is committed while it trains."""
     root = Path(__file__).resolve().parent
 
     def git(*args) -> str | None:
@@ -55,7 +58,12 @@ def provenance() -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def provenance() -> dict:
+    """Where and how a run was made: commit (`code_version`), threads, machine, versions, date."""
+    return {**code_version(),
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
             "processor": platform.processor() or None, "python": platform.python_version(),
             "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -17,7 +17,7 @@ from ..checkpoint import latest_checkpoint
 from ..config import make_config
 from ..errors import UserError
 from .jsonfiles import read_json, read_jsonl, write_json
-from .records import current_records, provenance, read_record, run_name, write_record
+from .records import code_version, current_records, provenance, read_record, run_name, write_record
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
@@ -151,6 +151,7 @@ def fill_record(settings: BenchSettings, kept: dict, scorers, device, metrics: l
 def run_bench(settings: BenchSettings) -> dict:
     """Train, score and report the whole grid; returns the paths written and the headline numbers."""
     wall = time.perf_counter()
+    code_version()  # the commit the records will name: this code's, read before anything is trained
     out = Path(settings.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
