@@ -22,7 +22,8 @@ from timestep_sampling.data import load_data
 from timestep_sampling.errors import UserError
 from timestep_sampling.frechet import (TorchScriptFeatures, digits_with_labels, frechet_distance,
                                        frechet_distance_features, train_digit_classifier)
-from timestep_sampling.methods import method_specs
+from timestep_sampling.methods import make_method, method_specs
+from timestep_sampling.schedule import NoiseSchedule
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -393,6 +394,14 @@ def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "sampler": final}) + "\n")
     assert bench.frozen_final_method(settings, "adaptive-final", "linear", 0) == "beta:a=0.5,b=1.25+none"
     assert bench.sampler_summary(folder)["tv_from_start"] == pytest.approx(0.5)
+    # a learned sampler trained with a weighting or importance weights is frozen with them
+    for learned, frozen in [("adaptive-min-snr", "beta:a=0.5,b=1.25+min-snr"),
+                            ("adaptive-unbiased", "beta:a=0.5,b=1.25,unbiased=True+none"),
+                            ("flow-adaptive-min-snr", "flow-beta:a=0.5,b=1.25+flow-min-snr")]:
+        sampler = make_method(learned, NoiseSchedule("linear", T=10))[0]
+        assert sampler.frozen_spec({"alpha": 0.5, "beta": 1.25}, *method_specs(learned)) == frozen
+        fixed = make_method(frozen, NoiseSchedule("linear", T=10))[0]
+        assert fixed.unbiased == ("unbiased" in frozen)
     with pytest.raises(UserError, match="run adaptive-paper first"):
         bench.frozen_final_method(settings, "adaptive-paper-final", "linear", 0)
 

@@ -572,12 +572,14 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
 
     def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
         """The method ("sampler+weighting") of a fixed Beta at this policy's final (α, β) (`final["alpha"]`,
-        `final["beta"]`, as the bench records them), unweighted, as the bench's `adaptive-final` control has
-        always been trained (`spec` and `weighting` are not carried over); None for a policy with no one
+        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting`, and
+        importance weights if it has them (`unbiased`); the uniform floor is not carried over (a mixture is
+        no Beta), as the bench's `adaptive-mix-final` has always been trained. None for a policy with no one
         final Beta (conditioned on x0)."""
         if final.get("alpha") is None or final.get("beta") is None:
             return None
-        return f"beta:a={final['alpha']:.6g},b={final['beta']:.6g}+none"
+        unbiased = ",unbiased=True" if self.unbiased else ""
+        return f"beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan

@@ -172,11 +172,12 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
 
     def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
         """The method ("sampler+weighting") of a fixed flow Beta at this policy's final (α, β) (`final["alpha"]`,
-        `final["beta"]`, as the bench records them), unweighted, as the bench's `flow-adaptive-final` control
-        has always been trained (`spec` and `weighting` are not carried over); None without a final Beta."""
+        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting` and
+        importance weights if it has them; None without a final Beta."""
         if final.get("alpha") is None or final.get("beta") is None:
             return None
-        return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}+flow-none"
+        unbiased = ",unbiased=True" if self.unbiased else ""
+        return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
 
     def options(self) -> dict:
         options = {"lr": self.lr, "K": self.update_every, "credit_strata": self.credit_strata, "t_min": self.t_min}
