@@ -187,6 +187,29 @@ def test_paired_comparison_pairs_by_seed_at_the_final_step():
     assert row["verdict"] == "better on every seed (paired), within seed spread"
 
 
+def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_final_score():
+    """uniform ends (step 400) at 2.0 and 2.2 on its two seeds. `fast` is at 1.5 and 1.6 by step 200 (half):
+    better on both seeds by more than the spread. `level` is at 2.1 and 2.05 there: one seed lower, one
+    higher, no consistent difference. A checkpoint after half the steps (300) is never the one compared,
+    and a step without the score (a sparse ancestral FD) is skipped for the last one that has it."""
+    records = records_from({
+        ("uniform", 0): [6, 5, 4, 3, 2.0], ("uniform", 1): [6, 5, 4, 3, 2.2],
+        ("fast", 0): [6, 3, 1.5, 1.0, 1.0], ("fast", 1): [6, 3, 1.6, 1.0, 1.0],
+        ("level", 0): [6, 4, 2.1, 1.0, 1.0], ("level", 1): [6, 4, 2.05, 1.0, 1.0],
+    })
+    rows = {r["method"]: r for r in bench_stats.half_budget_comparison(records, "test_bpd_estimate")}
+    assert rows["fast"]["step"] == 200 and rows["fast"]["baseline_step"] == 400
+    assert rows["fast"]["diffs"] == pytest.approx([-0.5, -0.6]) and rows["fast"]["verdict"] == "better beyond seed spread"
+    assert rows["level"]["diffs"] == pytest.approx([0.1, -0.15]) and rows["level"]["verdict"] == "no consistent difference"
+    for r in records:
+        if r["method"] == "fast" and r["step"] == 200:
+            r["test_bpd_estimate"] = None
+    rows = {r["method"]: r for r in bench_stats.half_budget_comparison(records, "test_bpd_estimate")}
+    assert rows["fast"]["step"] == 100 and rows["fast"]["diffs"] == pytest.approx([1.0, 0.8])
+    table = bench_report.half_budget_table(list(rows.values()), "test_bpd_estimate")
+    assert "| linear | fast | 100 |" in table and "uniform final (step)" in table
+
+
 # ----------------------------------------------------------------------------- the grid end to end
 
 def tiny_settings(out, **overrides):

@@ -222,6 +222,22 @@ def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str
     return "\n".join(lines) + "\n"
 
 
+def half_budget_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
+    rows = [r for r in rows if r["metric"] == metric]
+    if not rows:
+        return f"(needs `{baseline}` in --methods and a score at half its steps)\n"
+    d = _digits(metric)
+    lines = [f"| schedule | method | at step | mean | {baseline} final (step) | mean Δ | per-seed Δ | seeds lower | "
+             "seed spread | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"]) or "–"
+        mean = "–" if r["mean_diff"] is None else f"{r['mean_diff']:+.{d}f}"
+        lines.append(f"| {r['schedule']} | {r['method']} | {r['step']} | {_fmt(r['mean'], d)} | "
+                     f"{_fmt(r['baseline_mean'], d)} ({r['baseline_step']}) | {mean} | {per_seed} | "
+                     f"{r['better_seeds']}/{r['seeds']} | {_fmt(r['spread'], d)} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def density_lines(tracks: dict) -> list[str]:
     """One line per learned density: how far it moved from its start, and its mass where the bound's is."""
     lines = []
@@ -276,7 +292,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path,
-                 controls: list[dict] = (), tracks: dict | None = None) -> Path:
+                 controls: list[dict] = (), tracks: dict | None = None, half: list[dict] = ()) -> Path:
     metrics = metrics_in(records)
     quality = [m for m in QUALITY_METRICS if m in metrics]
     s = settings
@@ -365,6 +381,13 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
         if metric in quality:
             lines += [f"Measured at {steps_words(computed_steps(records, metric))}: the steps and seconds to "
                       f"the target have that resolution.", ""]
+    lines += [f"## Half the steps: each method at half {baseline}'s steps against {baseline}'s final score", "",
+              f"Paired by seed: Δ = the method's score at its last checkpoint at or before half of {baseline}'s "
+              f"final step − {baseline}'s final score. *better* (Δ < 0, consistent) means the method is there in "
+              f"half the steps beyond what the seeds' noise explains; *no consistent difference* means it is level "
+              f"within the noise, which is not yet a 2× speed-up.", ""]
+    for metric in ["test_bpd_estimate"] + quality:
+        lines += [f"### {METRIC_LABELS[metric]}", "", half_budget_table(half, metric, baseline)]
     lines += [f"## Paired comparison with {baseline} at the final checkpoint", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]

@@ -121,8 +121,6 @@ def paired_comparison(records: list[dict], metric: str, baseline: str = BASELINE
     """At each run's final checkpoint, per schedule and method: the per-seed difference method − baseline
     (same seed: same initial weights and batches), its mean, the seeds on which the method is better
     (lower), a paired t-test, and a `verdict`."""
-    from scipy import stats
-
     final = {}
     for r in records:
         key = (r["method"], r["schedule"], r["seed"])
@@ -140,25 +138,57 @@ def paired_comparison(records: list[dict], metric: str, baseline: str = BASELINE
                 continue
             mine = {seed: r[metric] for (m, s, seed), r in final.items()
                     if m == method and s == schedule and r.get(metric) is not None}
-            seeds = sorted(set(mine) & set(base))
-            diffs = [mine[s] - base[s] for s in seeds]
-            row = {"schedule": schedule, "method": method, "baseline": baseline, "metric": metric, "seeds": len(seeds),
-                   "diffs": diffs, "mean_diff": None, "sd_diff": None, "better_seeds": sum(d < 0 for d in diffs),
-                   "p_value": None, "spread": None, "verdict": "no paired seeds"}
-            if diffs:
-                row["mean_diff"] = float(np.mean(diffs))
-                row["verdict"] = "one seed: no spread to compare with"
-            if len(diffs) >= 2:
-                sd = float(np.std(diffs, ddof=1))
-                spread = max(float(np.std([mine[s] for s in seeds], ddof=1)),
-                             float(np.std([base[s] for s in seeds], ddof=1)))
-                row.update(sd_diff=sd, spread=spread)
-                if sd > 0:
-                    row["p_value"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)
-                row["verdict"] = verdict(diffs, spread)
-            rows.append(row)
+            rows.append({"schedule": schedule, "method": method, "baseline": baseline, "metric": metric,
+                         **paired_numbers(mine, base)})
     return rows
 
+
+def paired_numbers(mine: dict, base: dict) -> dict:
+    """seed → score of a method and of its baseline → the seeds both have, the differences mine − base,
+    their mean and sd, the seeds on which mine is lower, a paired t-test, the seed spread and a `verdict`."""
+    from scipy import stats
+
+    seeds = sorted(set(mine) & set(base))
+    diffs = [mine[s] - base[s] for s in seeds]
+    row = {"seeds": len(seeds), "diffs": diffs, "mean_diff": None, "sd_diff": None,
+           "better_seeds": sum(d < 0 for d in diffs), "p_value": None, "spread": None, "verdict": "no paired seeds"}
+    if diffs:
+        row["mean_diff"] = float(np.mean(diffs))
+        row["verdict"] = "one seed: no spread to compare with"
+    if len(diffs) >= 2:
+        sd = float(np.std(diffs, ddof=1))
+        spread = max(float(np.std([mine[s] for s in seeds], ddof=1)),
+                     float(np.std([base[s] for s in seeds], ddof=1)))
+        row.update(sd_diff=sd, spread=spread)
+        if sd > 0:
+            row["p_value"] = float(stats.ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue)
+        row["verdict"] = verdict(diffs, spread)
+    return row
+
+
+def half_budget_comparison(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
+    """Does a method reach the baseline's final score in at most half the baseline's steps? Per schedule and
+    method, paired by seed: the method's score at the last checkpoint at or before half the baseline's final
+    step, where it has the metric, against the baseline's at its final step. A verdict of "better" (or "no
+    consistent difference") answers with the spread in view; time_to_quality answers for the mean alone."""
+    rows = []
+    for schedule in dict.fromkeys(r["schedule"] for r in records):
+        here = [r for r in records if r["schedule"] == schedule and r.get(metric) is not None]
+        base_runs = [r for r in here if r["method"] == baseline]
+        if not base_runs:
+            continue
+        final_step = max(r["step"] for r in base_runs)
+        base = {r["seed"]: r[metric] for r in base_runs if r["step"] == final_step}
+        for method in dict.fromkeys(r["method"] for r in here):
+            steps = [r["step"] for r in here if r["method"] == method and 0 < r["step"] <= final_step / 2]
+            if not steps:
+                continue
+            step = max(steps)
+            mine = {r["seed"]: r[metric] for r in here if r["method"] == method and r["step"] == step}
+            rows.append({"schedule": schedule, "method": method, "baseline": baseline, "metric": metric,
+                         "step": step, "baseline_step": final_step, "mean": float(np.mean(list(mine.values()))),
+                         "baseline_mean": float(np.mean(list(base.values()))), **paired_numbers(mine, base)})
+    return rows
 
 
 # Each learned sampler is judged against what could explain its gain without learning: its own policy
