@@ -206,19 +206,29 @@ def ttq_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The columns of a paired comparison (stats.paired_numbers) after each table's own.
+PAIRED_HEADER = "mean Δ | per-seed Δ | seeds better | sd of Δ | seed spread | paired t p | verdict |"
+
+
+def _paired_cells(row: dict, digits: int) -> str:
+    per_seed = ", ".join(f"{x:+.{digits}f}" for x in row["diffs"]) or "–"
+    mean = "–" if row["mean_diff"] is None else f"{row['mean_diff']:+.{digits}f}"
+    return (f"{mean} | {per_seed} | {row['better_seeds']}/{row['seeds']} | {_fmt(row['sd_diff'], digits)} | "
+            f"{_fmt(row['spread'], digits)} | {_fmt(row['p_value'], 3)} | {row['verdict']} |")
+
+
+def _rule(header: str) -> str:
+    return "|" + "---|" * (header.count("|") - 1)
+
+
 def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     rows = [r for r in rows if r["metric"] == metric]
     if not rows:
         return f"(needs `{baseline}` in --methods)\n"
     d = _digits(metric)
-    lines = ["| schedule | method | vs | mean Δ | per-seed Δ | seeds better | sd of Δ | seed spread | "
-             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"]) or "–"
-        mean = "–" if r["mean_diff"] is None else f"{r['mean_diff']:+.{d}f}"
-        lines.append(f"| {r['schedule']} | {r['method']} | {r['baseline']} | {mean} | {per_seed} | "
-                     f"{r['better_seeds']}/{r['seeds']} | {_fmt(r['sd_diff'], d)} | {_fmt(r['spread'], d)} | "
-                     f"{_fmt(r['p_value'], 3)} | {r['verdict']} |")
+    header = "| schedule | method | vs | " + PAIRED_HEADER
+    lines = [header, _rule(header)]
+    lines += [f"| {r['schedule']} | {r['method']} | {r['baseline']} | {_paired_cells(r, d)}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -227,14 +237,10 @@ def half_budget_table(rows: list[dict], metric: str, baseline: str = BASELINE) -
     if not rows:
         return f"(needs `{baseline}` in --methods and a score at half its steps)\n"
     d = _digits(metric)
-    lines = [f"| schedule | method | at step | mean | {baseline} final (step) | mean Δ | per-seed Δ | seeds lower | "
-             "seed spread | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        per_seed = ", ".join(f"{x:+.{d}f}" for x in r["diffs"]) or "–"
-        mean = "–" if r["mean_diff"] is None else f"{r['mean_diff']:+.{d}f}"
-        lines.append(f"| {r['schedule']} | {r['method']} | {r['step']} | {_fmt(r['mean'], d)} | "
-                     f"{_fmt(r['baseline_mean'], d)} ({r['baseline_step']}) | {mean} | {per_seed} | "
-                     f"{r['better_seeds']}/{r['seeds']} | {_fmt(r['spread'], d)} | {r['verdict']} |")
+    header = f"| schedule | method | at step | mean | {baseline} final (step) | " + PAIRED_HEADER
+    lines = [header, _rule(header)]
+    lines += [f"| {r['schedule']} | {r['method']} | {r['step']} | {_fmt(r['mean'], d)} | "
+              f"{_fmt(r['baseline_mean'], d)} ({r['baseline_step']}) | {_paired_cells(r, d)}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
