@@ -1,0 +1,81 @@
+"""Rebuild the committed benchmark reports (docs/bench/<grid>/report/) from the records alone, with the bench of
+this commit: `bench --records docs/bench/<grid> --report-only` under each grid's own settings, into a
+scratch folder, then its report, tables and plots copied over the old ones. Nothing is trained.
+
+The methods and schedules are those the records hold (a report covers every record of its grid); results.json
+is left out, since it repeats the records that sit beside the report.
+
+    python benchmarks/rebuild_reports.py                       # every grid below
+    python benchmarks/rebuild_reports.py ancestral3k long10k   # some
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from timestep_sampling import bench
+from timestep_sampling.bench.settings import DEFAULT_METHODS, FINAL_SUFFIX, FLOW_METHODS
+
+DOCS_BENCH = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+# Each grid's settings, as its records were made (the grid key they carry decides which records a report takes;
+# the FD samplers and the ancestral FD's steps decide which scores it asks for). The grids made before the
+# ancestral FD existed are reported on DDIM's (Euler's for the flow) alone.
+GRIDS = {
+    "long10k": dict(steps=10000, eval_every=500, fd_samplers="ddim"),
+    "credit3k": dict(steps=3000, eval_every=500, fd_samplers="ddim"),
+    "flow1k": dict(objective="flow", steps=1000, eval_every=250, fd_samplers="euler"),
+    "ancestral3k": dict(steps=3000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
+    "ancestral1500": dict(steps=1500, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
+}
+COPIED = ("report.md", "*.csv", "*.png")
+
+
+def recorded_cells(folder: Path) -> tuple[list[str], list[str], int]:
+    """(methods, schedules, seeds) of the records in a folder: methods in the default grids' order, then the
+    rest by name, each `-final` control last (it is built from its learned run)."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    names = {r["method"] for r in records}
+    order = [m for m in (*DEFAULT_METHODS, *FLOW_METHODS) if m in names]
+    order += sorted(names - set(order))
+    methods = sorted(order, key=lambda m: m.endswith(FINAL_SUFFIX))
+    schedules = list(dict.fromkeys(r["schedule"] for r in sorted(records, key=lambda r: r["schedule"] != "linear")))
+    return methods, schedules, 1 + max(r["seed"] for r in records)
+
+
+def rebuild(grid: str) -> Path:
+    folder = DOCS_BENCH / grid
+    methods, schedules, seeds = recorded_cells(folder)
+    options = dict(GRIDS[grid])
+    flow = options.get("objective") == "flow"
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = bench.make_settings(scratch, methods=methods, schedules=None if flow else schedules, seeds=seeds,
+                                       records=str(folder), report_only=True, progress=False, **options)
+        bench.run_bench(settings)
+        target = folder / "report"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for pattern in COPIED:
+            for path in sorted(Path(scratch).glob(pattern)):
+                shutil.copy2(path, target / path.name)
+        report = target / "report.md"  # the scratch folder's name is noise in a committed report
+        report.write_text(report.read_text().replace(str(scratch), "<out>"))
+    return target / "report.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grids", nargs="*", metavar="GRID", help=f"grids to rebuild (default all: {', '.join(GRIDS)})")
+    grids = parser.parse_args().grids or list(GRIDS)
+    unknown = sorted(set(grids) - set(GRIDS))
+    if unknown:
+        parser.error(f"unknown grid {', '.join(unknown)}; valid: {', '.join(GRIDS)}")
+    for grid in grids:
+        print(f"{grid}: wrote {rebuild(grid).relative_to(DOCS_BENCH.parents[1])}")
+
+
+if __name__ == "__main__":
+    main()
