@@ -10,7 +10,8 @@ import numpy as np
 
 from .records import run_name
 from .settings import BenchSettings
-from .stats import BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS, metrics_in
+from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS,
+                    STRONGEST_HEURISTIC, metrics_in)
 
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
@@ -298,7 +299,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, classifier, plots, out: Path,
-                 controls: list[dict] = (), tracks: dict | None = None, half: list[dict] = ()) -> Path:
+                 controls: list[dict] = (), tracks: dict | None = None, half: list[dict] = (),
+                 heuristic: list[dict] = ()) -> Path:
     metrics = metrics_in(records)
     quality = [m for m in QUALITY_METRICS if m in metrics]
     s = settings
@@ -397,6 +399,11 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     lines += [f"## Paired comparison with {baseline} at the final checkpoint", ""]
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]
+    if heuristic:
+        lines += [f"## Paired comparison with {STRONGEST_HEURISTIC}, the paper's strongest heuristic (final checkpoint)",
+                  ""]
+        for metric in ["test_bpd"] + quality:
+            lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(heuristic, metric, STRONGEST_HEURISTIC)]
     lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
               "Δ = learned sampler (method) − control (vs), same seed. A gain that a control shares is "
               "not learning.", ""]

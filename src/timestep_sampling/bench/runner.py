@@ -21,8 +21,8 @@ from .records import code_version, current_records, provenance, read_record, run
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
-from .stats import (BASELINE, FLOW_BASELINE, half_budget_comparison, learned_vs_controls, metrics_in,
-                    paired_comparison, summarize, time_to_quality)
+from .stats import (BASELINE, FLOW_BASELINE, STRONGEST_HEURISTIC, half_budget_comparison, learned_vs_controls,
+                    metrics_in, paired_comparison, summarize, time_to_quality)
 from .tracks import density_tracks, frozen_final_method, sampler_summary
 
 
@@ -236,7 +236,7 @@ def run_bench(settings: BenchSettings) -> dict:
 
     summary = summarize(records)
     baseline = FLOW_BASELINE if settings.flow else BASELINE
-    ttq, paired, controls, half = [], [], [], []
+    ttq, paired, controls, half, heuristic = [], [], [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":
             ttq += time_to_quality(records, metric, baseline)
@@ -244,6 +244,8 @@ def run_bench(settings: BenchSettings) -> dict:
         if metric != "test_bpd_estimate":
             paired += paired_comparison(records, metric, baseline)
             controls += learned_vs_controls(records, metric)
+            if not settings.flow:
+                heuristic += paired_comparison(records, metric, STRONGEST_HEURISTIC)
     tracks = density_tracks(settings)
     plots = [plot_curves(records, m, out / f"curves_{m}.png")
              for m in metrics_in(records) if m != "test_bpd"]
@@ -260,9 +262,9 @@ def run_bench(settings: BenchSettings) -> dict:
     write_csv(out / "results.csv", records)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "time_to_quality.csv", ttq)
-    write_csv(out / "paired.csv", paired)
+    write_csv(out / "paired.csv", paired + heuristic)
     write_csv(out / "half_steps.csv", half)
     report = write_report(settings, records, summary, ttq, paired, costs, classifier, plots, out, controls, tracks,
-                          half)
+                          half, heuristic)
     return {"report": report, "plots": plots, "records": len(records), **counts,
             "total_seconds": costs["total_seconds"], "headline": headline(summary, paired, controls, tracks)}

@@ -10,6 +10,8 @@ import numpy as np
 
 BASELINE = "uniform"
 FLOW_BASELINE = "flow-uniform"
+# The paper's strongest heuristic (its Table 1, on linear and cosine): every DDPM method is also compared with it.
+STRONGEST_HEURISTIC = "min-snr"
 
 def _mean_std(values) -> tuple[float | None, float | None, int]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
