@@ -41,8 +41,13 @@ def grid_key(settings) -> dict:
     return {k: getattr(settings, k) for k in GRID_KEYS}
 
 
+def record_grid(record: dict) -> dict:
+    """The grid settings a record was made under, keys added since read as they meant then (LEGACY_GRID)."""
+    return {**LEGACY_GRID, **record.get("grid", {})}
+
+
 def _same_grid(record: dict, key: dict) -> bool:
-    return {**LEGACY_GRID, **record.get("grid", {})} == key
+    return record_grid(record) == key
 
 
 @functools.cache
@@ -216,7 +221,7 @@ def scores_from_prefix(record: dict, prefix: dict, metrics=("fd_ddpm",)) -> tupl
     cell = lambda r: (r.get("method"), r.get("schedule"), r.get("seed"), r.get("fingerprint"))
     name = run_name(*cell(record)[:3])
     require(cell(record) == cell(prefix), f"{name}: the shorter run is another cell or method ({cell(prefix)})")
-    grid, short = {**LEGACY_GRID, **record.get("grid", {})}, {**LEGACY_GRID, **prefix.get("grid", {})}
+    grid, short = record_grid(record), record_grid(prefix)
     others = sorted(k for k in {*grid, *short} - {"steps"} if grid.get(k) != short.get(k))
     require(not others, f"{name}: the shorter run was made under other settings ({', '.join(others)})")
     require(short.get("steps", 0) < grid.get("steps", 0), f"{name}: the prefix run is not shorter "
