@@ -210,6 +210,40 @@ def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_f
     assert "| linear | fast | 100 |" in table and "uniform final (step)" in table
 
 
+def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_per_dim():
+    """uniform ends at 2.0/2.2. `adaptive` is at 1.5/1.6 by half the steps and ends below min-snr on both
+    seeds: yes to both questions. `adaptive-mix` is as fast but ends with worse final bits/dim (the score here
+    is the bound itself, so its final 3.0 is worse): not a yes. `adaptive-frozen` is fast too, but a control,
+    never a learned configuration."""
+    curves = {("uniform", 0): [6, 5, 4, 3, 2.0], ("uniform", 1): [6, 5, 4, 3, 2.2],
+              ("min-snr", 0): [6, 5, 4, 3, 1.9], ("min-snr", 1): [6, 5, 4, 3, 2.1],
+              ("adaptive", 0): [6, 3, 1.5, 1.0, 1.0], ("adaptive", 1): [6, 3, 1.6, 1.0, 1.1],
+              ("adaptive-mix", 0): [6, 3, 1.5, 1.0, 3.0], ("adaptive-mix", 1): [6, 3, 1.6, 1.0, 3.2],
+              ("adaptive-frozen", 0): [6, 3, 1.0, 1.0, 0.5], ("adaptive-frozen", 1): [6, 3, 1.1, 1.0, 0.6]}
+    records = records_from(curves)
+    metric = "test_bpd_estimate"
+    half = bench_stats.half_budget_comparison(records, metric)
+    heuristic = bench_stats.paired_comparison(records, metric, "min-snr")
+    paired = bench_stats.paired_comparison(records, "test_bpd")
+    (answer,) = bench_stats.schedule_answers(half, heuristic, paired, metric)
+    assert [r["method"] for r in answer["half_yes"]] == ["adaptive"]
+    assert answer["half_worse_bpd"] == ["adaptive-mix"]
+    assert [r["method"] for r in answer["heuristic_yes"]] == ["adaptive"]
+    assert bench_stats.is_learned("adaptive-min-snr") and not bench_stats.is_learned("adaptive-final")
+    (line,) = bench_report.answer_lines([answer])
+    assert "bits/dim no worse? **yes**: `adaptive` Δ -0.550 (-0.500, -0.600): better beyond seed spread" in line
+    assert "Beats min-snr at the final checkpoint? **yes**: `adaptive`" in line and "adaptive-frozen" not in line
+    assert "worse than uniform's, so not a yes: `adaptive-mix`" in line
+
+    slow = records_from({k: v for k, v in curves.items() if k[0] in ("uniform", "min-snr")}
+                        | {("adaptive", 0): [6, 5, 2.1, 2, 2.0], ("adaptive", 1): [6, 5, 2.1, 2, 2.3]})
+    (answer,) = bench_stats.schedule_answers(bench_stats.half_budget_comparison(slow, metric),
+                                             bench_stats.paired_comparison(slow, metric, "min-snr"), [], metric)
+    (line,) = bench_report.answer_lines([answer])
+    assert "**no** (closest: `adaptive` Δ +0.000 (+0.100, -0.100): no consistent difference at step 200)" in line
+    assert "Beats min-snr at the final checkpoint? **no**" in line
+
+
 # ----------------------------------------------------------------------------- the grid end to end
 
 def tiny_settings(out, **overrides):

@@ -11,7 +11,7 @@ import numpy as np
 from .records import run_name
 from .settings import BenchSettings
 from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS,
-                    STRONGEST_HEURISTIC, metrics_in)
+                    STRONGEST_HEURISTIC, metrics_in, schedule_answers)
 
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
@@ -233,6 +233,39 @@ def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str
     return "\n".join(lines) + "\n"
 
 
+def _delta_words(row: dict, digits: int) -> str:
+    return (f"`{row['method']}` Δ {row['mean_diff']:+.{digits}f} "
+            f"({', '.join(f'{x:+.{digits}f}' for x in row['diffs'])}): {row['verdict']}")
+
+
+def answer_lines(answers: list[dict], baseline: str = BASELINE) -> list[str]:
+    """One sentence per schedule and score from stats.schedule_answers: the half-steps question and the
+    strongest-heuristic question, each "yes" with the configurations that pass or "no" with the closest."""
+    lines = []
+    for a in answers:
+        d = _digits(a["metric"])
+        if a["half_yes"]:
+            half = "**yes**: " + "; ".join(_delta_words(r, d) for r in a["half_yes"])
+        elif a["half_closest"]:
+            r = a["half_closest"]
+            half = f"**no** (closest: {_delta_words(r, d)} at step {r['step']})"
+        else:
+            half = "not measured (no learned configuration scored at half the steps)"
+        if a["half_worse_bpd"]:
+            half += (f"; as fast but with final bits/dim worse than {baseline}'s, so not a yes: "
+                     + ", ".join(f"`{m}`" for m in a["half_worse_bpd"]))
+        text = (f"- **{a['schedule']}**, {METRIC_LABELS[a['metric']]}: reaches {baseline}'s final score in half "
+                f"its steps, beyond the seed spread, bits/dim no worse? {half}.")
+        if a["has_heuristic"]:
+            if a["heuristic_yes"]:
+                versus = "**yes**: " + "; ".join(_delta_words(r, d) for r in a["heuristic_yes"])
+            else:
+                versus = f"**no** (closest: {_delta_words(a['heuristic_closest'], d)})"
+            text += f" Beats {STRONGEST_HEURISTIC} at the final checkpoint? {versus}."
+        lines.append(text)
+    return lines
+
+
 def half_budget_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     rows = [r for r in rows if r["metric"] == metric]
     if not rows:
@@ -380,6 +413,13 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"Mean ± std over seeds; lower is better; best per column in bold. FD floor (real against real, "
                   f"the same sizes): {_fmt(classifier.get('floor_fd'), 1)}.", "",
                   checkpoint_table(summary, records, quality, s)]
+    answers = [a for m in quality for a in schedule_answers(half, heuristic, paired, m)]
+    if answers:
+        lines += ["## Does the learned sampler speed up samples? One sentence per schedule", "",
+                  f"For each sample-quality score, from the half-steps and paired tables below: a learned "
+                  f"configuration (adaptive…, not its frozen or final controls) answers *yes* only when its verdict "
+                  f"is *better beyond seed spread*; Δ is its score − the other's per seed.", ""]
+        lines += answer_lines(answers, baseline) + [""]
     for metric in quality:
         lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
                   table1(summary, metric, s)]

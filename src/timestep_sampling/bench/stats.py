@@ -213,3 +213,40 @@ def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
     return [row for learned, controls in LEARNED_CONTROLS.items()
             for control in controls for row in paired_comparison(records, metric, baseline=control)
             if row["method"] == learned]
+
+
+def is_learned(method: str) -> bool:
+    """A configuration whose sampler learns during the run: adaptive... or flow-adaptive..., not a control
+    that never moves (its start frozen, or its final distribution fixed from step 0)."""
+    return method.startswith(("adaptive", "flow-adaptive")) and not method.endswith(("-frozen", "-final"))
+
+
+def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict], metric: str) -> list[dict]:
+    """The two questions a user asks of the learned sampler, per schedule, for one score: does a learned
+    configuration reach the baseline's final score in at most half its steps, beyond the seed spread, with
+    final bits/dim no worse than the baseline's (`half_yes`)? Does one beat the strongest heuristic at the
+    final checkpoint beyond the seed spread (`heuristic_yes`)? Each answer keeps its closest candidate (the
+    learned row with the lowest mean Δ) so that a "no" can say how far off it is."""
+    def closest(rows):
+        rows = [r for r in rows if r["mean_diff"] is not None]
+        return min(rows, key=lambda r: r["mean_diff"]) if rows else None
+
+    worse_bpd = {(r["schedule"], r["method"]) for r in paired
+                 if r["metric"] == "test_bpd" and r["verdict"].startswith("worse")}
+    answers = []
+    for schedule in dict.fromkeys(r["schedule"] for r in [*half, *heuristic]):
+        mine = [r for r in half if r["schedule"] == schedule and r["metric"] == metric and is_learned(r["method"])]
+        versus = [r for r in heuristic
+                  if r["schedule"] == schedule and r["metric"] == metric and is_learned(r["method"])]
+        if not mine and not versus:
+            continue
+        fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
+        answers.append({
+            "schedule": schedule, "metric": metric,
+            "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
+            "half_worse_bpd": sorted(r["method"] for r in fast if (schedule, r["method"]) in worse_bpd),
+            "half_closest": closest(mine),
+            "heuristic_yes": [r for r in versus if r["verdict"] == "better beyond seed spread"],
+            "heuristic_closest": closest(versus), "has_heuristic": bool(versus)})
+    return answers
+
