@@ -244,6 +244,20 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
     assert "Beats min-snr at the final checkpoint? **no**" in line
 
 
+def test_checkpoint_table_leaves_out_a_method_a_schedule_did_not_run(tmp_path):
+    """A grid where `adaptive` ran on linear only: the cosine table has no row of dashes for it."""
+    records = records_from({("uniform", 0): [6, 5, 4], ("adaptive", 0): [6, 4, 3]})
+    records += records_from({("uniform", 0): [7, 6, 5]}, schedule="cosine")
+    for r in records:
+        r["fd_ddim"] = r["test_bpd"] * 2
+    settings = tiny_settings(tmp_path, methods="uniform,adaptive", schedules="linear,cosine", steps=200,
+                             eval_every=100)
+    table = bench_report.checkpoint_table(bench_stats.summarize(records), records, ["fd_ddim"], settings)
+    linear, cosine = table.split("**cosine**")
+    assert "| adaptive |" in linear and "| uniform |" in cosine
+    assert "| adaptive |" not in cosine
+
+
 # ----------------------------------------------------------------------------- the grid end to end
 
 def tiny_settings(out, **overrides):

@@ -171,6 +171,8 @@ def checkpoint_table(summary: list[dict], records: list[dict], quality: list[str
             means = [v for v in means if v is not None]
             best[(st, m)] = min(means) if means else None
         for method in settings.methods:
+            if not any((method, schedule, st) in cell for st in steps):
+                continue  # a method this schedule's grid did not run: no row of dashes
             cells = []
             for st, m in cols:
                 r = cell.get((method, schedule, st))
@@ -414,6 +416,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"the same sizes): {_fmt(classifier.get('floor_fd'), 1)}.", "",
                   checkpoint_table(summary, records, quality, s)]
     answers = [a for m in quality for a in schedule_answers(half, heuristic, paired, m)]
+    answers.sort(key=lambda a: s.schedules.index(a["schedule"]) if a["schedule"] in s.schedules else 0)
     if answers:
         lines += ["## Does the learned sampler speed up samples? One sentence per schedule", "",
                   f"For each sample-quality score, from the half-steps and paired tables below: a learned "
