@@ -225,7 +225,7 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
     half = bench_stats.half_budget_comparison(records, metric)
     heuristic = bench_stats.paired_comparison(records, metric, "min-snr")
     paired = bench_stats.paired_comparison(records, "test_bpd")
-    (answer,) = bench_stats.schedule_answers(half, heuristic, paired, metric)
+    (answer,) = bench_stats.schedule_answers(half, heuristic, paired, [metric])
     assert [r["method"] for r in answer["half_yes"]] == ["adaptive"]
     assert answer["half_worse_bpd"] == ["adaptive-mix"]
     assert [r["method"] for r in answer["heuristic_yes"]] == ["adaptive"]
@@ -238,7 +238,7 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
     slow = records_from({k: v for k, v in curves.items() if k[0] in ("uniform", "min-snr")}
                         | {("adaptive", 0): [6, 5, 2.1, 2, 2.0], ("adaptive", 1): [6, 5, 2.1, 2, 2.3]})
     (answer,) = bench_stats.schedule_answers(bench_stats.half_budget_comparison(slow, metric),
-                                             bench_stats.paired_comparison(slow, metric, "min-snr"), [], metric)
+                                             bench_stats.paired_comparison(slow, metric, "min-snr"), [], [metric])
     (line,) = bench_report.answer_lines([answer])
     assert "**no** (closest: `adaptive` Δ +0.000 (+0.100, -0.100): no consistent difference at step 200)" in line
     assert "Beats min-snr at the final checkpoint? **no**" in line

@@ -213,8 +213,12 @@ def ttq_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
 PAIRED_HEADER = "mean Δ | per-seed Δ | seeds better | sd of Δ | seed spread | paired t p | verdict |"
 
 
+def _per_seed(row: dict, digits: int) -> str:
+    return ", ".join(f"{x:+.{digits}f}" for x in row["diffs"])
+
+
 def _paired_cells(row: dict, digits: int) -> str:
-    per_seed = ", ".join(f"{x:+.{digits}f}" for x in row["diffs"]) or "–"
+    per_seed = _per_seed(row, digits) or "–"
     mean = "–" if row["mean_diff"] is None else f"{row['mean_diff']:+.{digits}f}"
     return (f"{mean} | {per_seed} | {row['better_seeds']}/{row['seeds']} | {_fmt(row['sd_diff'], digits)} | "
             f"{_fmt(row['spread'], digits)} | {_fmt(row['p_value'], 3)} | {row['verdict']} |")
@@ -237,7 +241,7 @@ def paired_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str
 
 def _delta_words(row: dict, digits: int) -> str:
     return (f"`{row['method']}` Δ {row['mean_diff']:+.{digits}f} "
-            f"({', '.join(f'{x:+.{digits}f}' for x in row['diffs'])}): {row['verdict']}")
+            f"({_per_seed(row, digits)}): {row['verdict']}")
 
 
 def answer_lines(answers: list[dict], baseline: str = BASELINE) -> list[str]:
@@ -415,8 +419,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"Mean ± std over seeds; lower is better; best per column in bold. FD floor (real against real, "
                   f"the same sizes): {_fmt(classifier.get('floor_fd'), 1)}.", "",
                   checkpoint_table(summary, records, quality, s)]
-    answers = [a for m in quality for a in schedule_answers(half, heuristic, paired, m)]
-    answers.sort(key=lambda a: s.schedules.index(a["schedule"]) if a["schedule"] in s.schedules else 0)
+    answers = schedule_answers(half, heuristic, paired, quality)
     if answers:
         lines += ["## Does the learned sampler speed up samples? One sentence per schedule", "",
                   f"For each sample-quality score, from the half-steps and paired tables below: a learned "

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from .settings import FINAL_SUFFIX
+
 BASELINE = "uniform"
 FLOW_BASELINE = "flow-uniform"
 # The paper's strongest heuristic (its Table 1, on linear and cosine): every DDPM method is also compared with it.
@@ -218,11 +220,11 @@ def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
 def is_learned(method: str) -> bool:
     """A configuration whose sampler learns during the run: adaptive... or flow-adaptive..., not a control
     that never moves (its start frozen, or its final distribution fixed from step 0)."""
-    return method.startswith(("adaptive", "flow-adaptive")) and not method.endswith(("-frozen", "-final"))
+    return method.startswith(("adaptive", "flow-adaptive")) and not method.endswith(("-frozen", FINAL_SUFFIX))
 
 
-def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict], metric: str) -> list[dict]:
-    """The two questions a user asks of the learned sampler, per schedule, for one score: does a learned
+def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict], metrics: list[str]) -> list[dict]:
+    """The two questions a user asks of the learned sampler, per schedule and then per score: does a learned
     configuration reach the baseline's final score in at most half its steps, beyond the seed spread, with
     final bits/dim no worse than the baseline's (`half_yes`)? Does one beat the strongest heuristic at the
     final checkpoint beyond the seed spread (`heuristic_yes`)? Each answer keeps its closest candidate (the
@@ -235,18 +237,17 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
                  if r["metric"] == "test_bpd" and r["verdict"].startswith("worse")}
     answers = []
     for schedule in dict.fromkeys(r["schedule"] for r in [*half, *heuristic]):
-        mine = [r for r in half if r["schedule"] == schedule and r["metric"] == metric and is_learned(r["method"])]
-        versus = [r for r in heuristic
-                  if r["schedule"] == schedule and r["metric"] == metric and is_learned(r["method"])]
-        if not mine and not versus:
-            continue
-        fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
-        answers.append({
-            "schedule": schedule, "metric": metric,
-            "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
-            "half_worse_bpd": sorted(r["method"] for r in fast if (schedule, r["method"]) in worse_bpd),
-            "half_closest": closest(mine),
-            "heuristic_yes": [r for r in versus if r["verdict"] == "better beyond seed spread"],
-            "heuristic_closest": closest(versus), "has_heuristic": bool(versus)})
+        for metric in metrics:
+            mine, versus = ([r for r in rows if r["schedule"] == schedule and r["metric"] == metric
+                             and is_learned(r["method"])] for rows in (half, heuristic))
+            if not mine and not versus:
+                continue
+            fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
+            answers.append({
+                "schedule": schedule, "metric": metric,
+                "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
+                "half_worse_bpd": sorted(r["method"] for r in fast if (schedule, r["method"]) in worse_bpd),
+                "half_closest": closest(mine),
+                "heuristic_yes": [r for r in versus if r["verdict"] == "better beyond seed spread"],
+                "heuristic_closest": closest(versus), "has_heuristic": bool(versus)})
     return answers
-
