@@ -187,6 +187,18 @@ def test_paired_comparison_pairs_by_seed_at_the_final_step():
     assert row["verdict"] == "better on every seed (paired), within seed spread"
 
 
+def test_each_learned_sampler_is_paired_with_its_own_controls_only():
+    curves = {(m, seed): [6, v + seed] for seed in (0, 1) for m, v in
+              [("uniform", 3.0), ("adaptive", 2.8), ("adaptive-unbiased", 2.9), ("adaptive-frozen", 3.0),
+               ("adaptive-mix", 2.8)]}
+    rows = bench_stats.learned_vs_controls(records_from(curves), "test_bpd")
+    pairs = {(r["method"], r["baseline"]): r["mean_diff"] for r in rows}
+    # the importance sampler against its frozen start and against uniform, whose objective it trains;
+    # adaptive against its frozen copy; adaptive-mix has no controls named, so no rows
+    assert pairs == pytest.approx({("adaptive", "adaptive-frozen"): -0.2, ("adaptive-unbiased", "adaptive-frozen"): -0.1,
+                                   ("adaptive-unbiased", "uniform"): -0.1})
+
+
 def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_final_score():
     """uniform ends (step 400) at 2.0 and 2.2 on its two seeds. `fast` is at 1.5 and 1.6 by step 200 (half):
     better on both seeds by more than the spread. `level` is at 2.1 and 2.05 there: one seed lower, one

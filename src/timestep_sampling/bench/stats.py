@@ -206,7 +206,12 @@ BANDS_CONTROLS = ("uniform", "beta-0.95", "adaptive-bands-final", "credit-propor
 FLOW_LEARNED = "flow-adaptive"
 FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
 
-LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, FLOW_LEARNED: FLOW_CONTROLS}
+# The importance sampler trains uniform's objective, and its frozen copy would be adaptive-frozen's Beta
+# importance-weighted: weights within 3 % of 1 at the start, so adaptive-frozen and uniform stand for it.
+UNBIASED_CONTROLS = ("adaptive-frozen", "uniform")
+
+LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
+                    FLOW_LEARNED: FLOW_CONTROLS}
 
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
