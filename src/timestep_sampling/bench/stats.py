@@ -206,8 +206,8 @@ BANDS_CONTROLS = ("uniform", "beta-0.95", "adaptive-bands-final", "credit-propor
 FLOW_LEARNED = "flow-adaptive"
 FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
 
-# The importance sampler trains uniform's objective, and its frozen copy would be adaptive-frozen's Beta
-# importance-weighted: weights within 3 % of 1 at the start, so adaptive-frozen and uniform stand for it.
+# The importance sampler trains uniform's objective; frozen at its start it would draw from a proposal close
+# to uniform (weights 0.91-1.09 except at t = 0 and T-1), so adaptive-frozen and uniform stand for it.
 UNBIASED_CONTROLS = ("adaptive-frozen", "uniform")
 
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
