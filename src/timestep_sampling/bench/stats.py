@@ -207,7 +207,7 @@ FLOW_LEARNED = "flow-adaptive"
 FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
 
 # The importance sampler trains uniform's objective; frozen at its start it would draw from a proposal close
-# to uniform (weights 0.91-1.09 except at t = 0 and T-1), so adaptive-frozen and uniform stand for it.
+# to uniform (weights 0.91-1.01 except at t = 0 and T-1, 1.77 there), so adaptive-frozen and uniform stand for it.
 UNBIASED_CONTROLS = ("adaptive-frozen", "uniform")
 
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
