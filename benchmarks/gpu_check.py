@@ -14,13 +14,16 @@ What it measures, on DDPM's CIFAR-10 network (`--model cifar`, 35.7M parameters)
    optimiser step, a policy step) and plain step (the policy draws t) are timed one step at a time,
    with torch.cuda.synchronize() around each, and
        ratio_k40 = (39 plain + 1 update) / (40 uniform)
-   against uniform steps timed the same way. Also the time of `sampler.sample()` alone (the adaptive
+   against uniform steps timed the same way, and `ratio_at_update_every`, the same at the sampler's own
+   update interval (its default K = 20 since the credit sampler; ratio_k40 is kept for comparison). Also the time of `sampler.sample()` alone (the adaptive
    sampler's policy runs on the device, its Beta inverse-CDF on the host: one synchronisation per step).
 3. `ddp`: the same timings under torchrun with two processes (batch 128 each) when two GPUs are present;
    skipped with a note otherwise.
 4. `short_run`: uniform and adaptive from the same initial weights for as many steps as the budget leaves
-   (at most --run-steps), in the fastest configuration of part 2; test bits/dim by `estimate_bpd` on the
-   first --eval-images test crops, before and after (float32, no EMA). A Fréchet distance needs a feature
+   (at most --run-steps), in the fastest configuration of part 2, trained in turns of 20 steps each (so
+   both see the same machine, and the run stops at the budget rather than at a step count guessed from
+   part 2's short timings, which the first H200 run found 30 % optimistic); test bits/dim by
+   `estimate_bpd` on the first --eval-images test crops, before and after (float32, no EMA). A Fréchet distance needs a feature
    network for 32x32 RGB: frechet.py's own classifier scores only the 8x8 digits, so without
    `--inception FILE.pt` (a TorchScript feature network on disk, never downloaded) `fd` is null.
 
@@ -50,7 +53,8 @@ from timestep_sampling import NoiseSchedule, UserError, estimate_bpd, make_sampl
 from timestep_sampling.data import load_data
 from timestep_sampling.models import count_parameters, make_unet
 
-K = 40  # the adaptive sampler's default update interval, at which the ratio is reported
+K = 40  # the update interval of the first ratio reported (the sampler's default before the credit sampler)
+RUN_TURN = 20  # the short run's steps per turn of each sampler
 
 
 @dataclass
@@ -233,6 +237,7 @@ def time_config(settings: Settings, data, schedule, device, precision: str, chan
     adaptive_peak = peak_mb(device)
     adaptive_sample = loop.timed_sample(adaptive, settings.sample_reps)
     plain_s, update_s = statistics.median(plain), statistics.median(update)
+    k = adaptive.update_every
     result = {
         "config": config_name(precision, channels_last), "precision": precision, "channels_last": channels_last,
         "uniform": {"steps_per_s": 1 / block, "ms_per_step": 1e3 * block, "ms_per_step_synchronised": 1e3 * single,
@@ -243,6 +248,7 @@ def time_config(settings: Settings, data, schedule, device, precision: str, chan
                      "steps_per_s_at_k40": K / ((K - 1) * plain_s + update_s), "sample_ms": 1e3 * adaptive_sample,
                      "peak_memory_mb": adaptive_peak},
         "ratio_k40": ((K - 1) * plain_s + update_s) / (K * single),
+        "ratio_at_update_every": ((k - 1) * plain_s + update_s) / (k * single),
     }
     del loop
     if device.type == "cuda":
@@ -257,8 +263,9 @@ def timing(settings: Settings, data, schedule, device, save, rank: int = 0, ddp:
         if rank == 0:
             r = results[-1]
             print(f"{r['config']}: uniform {r['uniform']['steps_per_s']:.2f} steps/s, adaptive plain "
-                  f"{r['adaptive']['plain_ms']:.1f} ms / update {r['adaptive']['update_ms']:.0f} ms, "
-                  f"ratio at K={K} {r['ratio_k40']:.3f}", flush=True)
+                  f"{r['adaptive']['plain_ms']:.1f} ms / update {r['adaptive']['update_ms']:.0f} ms, ratio at "
+                  f"K={r['adaptive']['update_every']} {r['ratio_at_update_every']:.3f}, at K={K} {r['ratio_k40']:.3f}",
+                  flush=True)
             save(results)
     return results
 
@@ -341,25 +348,30 @@ def short_run(args, settings: Settings, data, schedule, device, config: dict, de
     start = time.perf_counter()
     bpd_start = bits_per_dim(settings, loops["uniform"].net, schedule, test_x)  # the same initial weights
     eval_s = time.perf_counter() - start
-    # what fits: two runs of n steps at the measured step times, then two evaluations (and FD) after them
-    per_step = 1e-3 * (config["uniform"]["ms_per_step"] + config["ratio_k40"] * config["uniform"]["ms_per_step"])
-    spare = deadline - time.perf_counter() - 2 * eval_s * (2 if features else 1)
-    steps = max(1, min(settings.run_steps, int(spare / per_step)))
+    # Train in turns until the budget, less the evaluations after, is spent: both runs see the same machine,
+    # and the stop follows the clock rather than a step count extrapolated from part 2's short timings.
+    stop_at = deadline - 2 * eval_s * (2 if features else 1)
+    samplers = {name: make_sampler(name, schedule, **(settings.adaptive_options if name == "adaptive" else {}))
+                for name in loops}
+    seconds, steps = dict.fromkeys(loops, 0.0), 0
+    while steps < settings.run_steps and (steps == 0 or time.perf_counter() < stop_at):
+        turn = min(RUN_TURN, settings.run_steps - steps)
+        for name, loop in loops.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(turn):
+                loop.step(samplers[name])
+            sync(device)
+            seconds[name] += time.perf_counter() - t0
+        steps += turn
     runs = {}
     for name, loop in loops.items():
-        sampler = make_sampler(name, schedule, **(settings.adaptive_options if name == "adaptive" else {}))
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loop.step(sampler)
-        sync(device)
-        seconds = time.perf_counter() - t0
-        runs[name] = {"steps": steps, "train_seconds": seconds, "steps_per_s": steps / seconds,
+        runs[name] = {"steps": steps, "train_seconds": seconds[name], "steps_per_s": steps / seconds[name],
                       "bpd": bits_per_dim(settings, loop.net, schedule, test_x),
                       "fd": frechet(settings, loop.net, schedule, test_x, features, device) if features else None}
         if name == "adaptive":
-            runs[name]["sampler_updates"] = sampler.updates
-        print(f"short run, {name}: {steps} steps in {seconds:.0f} s, test bits/dim {bpd_start:.3f} -> "
+            runs[name]["sampler_updates"] = samplers[name].updates
+        print(f"short run, {name}: {steps} steps in {seconds[name]:.0f} s, test bits/dim {bpd_start:.3f} -> "
               f"{runs[name]['bpd']:.3f}", flush=True)
     return {"config": config["config"], "steps": steps, "capped_by_budget": steps < settings.run_steps,
             "bpd_start": bpd_start, "eval_seconds": eval_s, "runs": runs,

@@ -48,6 +48,9 @@ def test_tiny_check_writes_every_part(tmp_path, capsys):
         assert a["update_steps"] >= 1 and a["plain_steps"] >= 1 and a["peak_memory_mb"] is None
         assert finite(a["sample_ms"]) and finite(u["sample_ms"])
         assert c["ratio_k40"] == pytest.approx((39 * a["plain_ms"] + a["update_ms"]) / (40 * u["ms_per_step_synchronised"]))
+        k = a["update_every"]
+        assert c["ratio_at_update_every"] == pytest.approx(((k - 1) * a["plain_ms"] + a["update_ms"])
+                                                           / (k * u["ms_per_step_synchronised"]))
     assert r["fastest"] in {c["config"] for c in r["timing"]}
     assert "GPU" in r["ddp"]["skipped"]
     run = r["short_run"]
@@ -109,3 +112,14 @@ def test_tiny_check_under_torchrun_on_two_cpu_processes(tmp_path):
     assert ddp["world_size"] == 2 and ddp["backend"] == "gloo", ddp
     assert [c["config"] for c in ddp["timing"]] == ["fp32", "bf16+channels_last"]
     assert all(c["adaptive"]["update_steps"] >= 1 for c in ddp["timing"])
+
+
+def test_short_run_stops_at_the_budget_not_at_a_guessed_step_count(tmp_path):
+    """A budget already spent by part 2: the short run trains one turn of each sampler and stops there, instead
+    of the --run-steps asked for (the first H200 run overran a step count guessed from part 2 by 30 %)."""
+    module = gpu_check()
+    out = tmp_path / "check.json"
+    assert module.main(["--tiny", "--device", "cpu", "--out", str(out), "--budget-s", "1", "--run-steps", "100"]) == 0
+    run = json.loads(out.read_text())["short_run"]
+    assert run["steps"] == module.RUN_TURN and run["capped_by_budget"] is True
+    assert {r["steps"] for r in run["runs"].values()} == {module.RUN_TURN}
