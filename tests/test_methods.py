@@ -1,9 +1,11 @@
 """Method presets: one name picks a sampler and a weighting; "sampler+weighting" pairs any two."""
+import re
+
 import pytest
 
 from timestep_sampling import NoiseSchedule, UserError
 from timestep_sampling.methods import METHODS, available_methods, make_method, method_label, method_specs
-from timestep_sampling.samplers import available_samplers
+from timestep_sampling.samplers import available_samplers, make_sampler
 from timestep_sampling.samplers.base import UniformSampler
 from timestep_sampling.samplers.fixed import BetaSampler, SpeedCurrentSampler, Speed2024Sampler
 from timestep_sampling.weighting import MinSNRWeighting, NoWeighting, P2Weighting, SpeedWeighting
@@ -129,3 +131,16 @@ def test_the_label_names_the_pair_actually_trained(method, sampler, weighting, l
     assert method_label(label) == label
     expected = (sampler or method_specs(method)[0], weighting or method_specs(method)[1])
     assert method_specs(label) == expected
+
+
+def test_a_method_name_given_to_make_sampler_says_which_call_takes_it():
+    """The README's "Which method" names methods; a user who passes one to make_sampler learns the call that
+    takes it and the sampler spec inside it, which then builds the same sampler make_method does."""
+    with pytest.raises(UserError, match=r"'adaptive-unbiased' is a method .*make_method\('adaptive-unbiased'") as info:
+        make_sampler("adaptive-unbiased", LINEAR)
+    spec = re.search(r"make_sampler\('([^']+)', schedule\)", str(info.value)).group(1)
+    assert repr(make_sampler(spec, LINEAR)) == repr(make_method("adaptive-unbiased", LINEAR)[0])
+    with pytest.raises(UserError, match="'p2' is a method .*weighting 'p2'"):
+        make_sampler("p2", LINEAR)
+    with pytest.raises(UserError, match="unknown sampler 'adaptve' \\(did you mean 'adaptive'\\?\\)"):
+        make_sampler("adaptve", LINEAR)

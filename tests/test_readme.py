@@ -42,6 +42,26 @@ def test_the_readme_loop_runs_as_printed(tmp_path):
     assert 0 < float(match.group(1)) < 0.5  # the ε-loss starts near 1: it trained
 
 
+def test_the_readme_loop_runs_with_the_sampler_it_recommends_for_samples(tmp_path):
+    """The prose under the loop names an importance sampler for a model you sample from: that call, put in the
+    loop in place of the default sampler, runs, learns, and hands the loop weights 1/(T·p_t)."""
+    call = re.search(r"`(make_sampler\(\"adaptive:unbiased=True[^`]*\))`", README)
+    assert call, "the README no longer names the importance sampler for sampling"
+    block = re.search(re.escape("<!-- tests/test_readme.py runs this block as it is -->") + r"\s*```python\n(.*?)```",
+                      README, re.S).group(1)
+    default = re.search(r"^sampler = make_sampler\(.*$", block, re.M).group(0)
+    weighting = re.search(r"^weighting = make_weighting\(.*$", block, re.M).group(0)
+    code = block.replace(default + "\n", "").replace(weighting, weighting + "\nsampler = " + call.group(1))
+    code += "print('weights', float(w.mean()), float(w.min()), float(w.max()), sampler.unbiased)\n"
+    result = run_block(code, tmp_path, "readme_loop_unbiased.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"loss \S+, sampler updates 5, last reward [+-]\S+", lines[0]), result.stdout
+    mean, low, high, unbiased = lines[1].split()[1:]
+    assert unbiased == "True" and 0 < float(low) <= float(high) <= 1 / 0.3 + 1e-6  # the 30 % floor caps them
+    assert 0.3 < float(mean) < 3  # E_p[1/(T p_t)] = 1; 64 draws of weights in (0, 3.33]
+
+
 def test_the_readme_flow_drop_in_runs_as_printed(tmp_path):
     marker = "<!-- tests/test_readme.py runs this block as it is: the flow drop-in -->"
     block = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", README, re.S)

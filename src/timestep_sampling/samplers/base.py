@@ -14,7 +14,7 @@ import torch
 
 from ..devices import check_device
 from ..errors import UserError, require
-from ..registry import Registry
+from ..registry import Registry, parse_spec
 from ..schedule import NoiseSchedule
 
 SAMPLERS = Registry("sampler")
@@ -92,7 +92,21 @@ def make_sampler(spec: str, schedule: NoiseSchedule | None = None, **options) ->
     """Build a sampler from a name or a spec string, e.g. make_sampler("speed:k=5", schedule).
     Continuous-time samplers ("flow-...") need no schedule: make_sampler("flow-logit-normal")."""
     _load_all()
+    name, _ = parse_spec(spec)
+    if name not in SAMPLERS.names():
+        _refuse_method_name(name)
     return SAMPLERS.make(spec, schedule, **options)
+
+
+def _refuse_method_name(name: str) -> None:
+    """A method's name ("adaptive-unbiased", "p2": a sampler with a weighting) where a sampler's is expected:
+    say which call takes it, instead of listing samplers that merely look alike."""
+    from ..methods import METHODS  # here, not at the top: methods.py imports this module
+    if name in METHODS:
+        sampler, weighting = METHODS[name]
+        raise UserError(f"{name!r} is a method (the sampler {sampler!r} with the weighting {weighting!r}), not a "
+                        f"sampler: make_method({name!r}, schedule) returns (sampler, weighting), or "
+                        f"make_sampler({sampler!r}, schedule) builds its sampler alone")
 
 
 def available_samplers() -> list[str]:
