@@ -190,13 +190,14 @@ def test_paired_comparison_pairs_by_seed_at_the_final_step():
 def test_each_learned_sampler_is_paired_with_its_own_controls_only():
     curves = {(m, seed): [6, v + seed] for seed in (0, 1) for m, v in
               [("uniform", 3.0), ("adaptive", 2.8), ("adaptive-unbiased", 2.9), ("adaptive-frozen", 3.0),
-               ("adaptive-mix", 2.8)]}
+               ("adaptive-mix", 2.8), ("adaptive-unbiased-final", 2.95)]}
     rows = bench_stats.learned_vs_controls(records_from(curves), "test_bpd")
     pairs = {(r["method"], r["baseline"]): r["mean_diff"] for r in rows}
-    # the importance sampler against its frozen start and against uniform, whose objective it trains;
-    # adaptive against its frozen copy; adaptive-mix has no controls named, so no rows
+    # the importance sampler against its frozen start, against uniform, whose objective it trains, and against
+    # its own end fixed from step 0; adaptive against its frozen copy; adaptive-mix has no controls named
     assert pairs == pytest.approx({("adaptive", "adaptive-frozen"): -0.2, ("adaptive-unbiased", "adaptive-frozen"): -0.1,
-                                   ("adaptive-unbiased", "uniform"): -0.1})
+                                   ("adaptive-unbiased", "uniform"): -0.1,
+                                   ("adaptive-unbiased", "adaptive-unbiased-final"): -0.05})
 
 
 def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_final_score():

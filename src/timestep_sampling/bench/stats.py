@@ -207,8 +207,10 @@ FLOW_LEARNED = "flow-adaptive"
 FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final")
 
 # The importance sampler trains uniform's objective; frozen at its start it would draw from a proposal close
-# to uniform (weights 0.91-1.01 except at t = 0 and T-1, 1.77 there), so adaptive-frozen and uniform stand for it.
-UNBIASED_CONTROLS = ("adaptive-frozen", "uniform")
+# to uniform (weights 0.91-1.01 except at t = 0 and T-1, 1.77 there), so adaptive-frozen and uniform stand for
+# it; its final Beta fixed from step 0 (still importance-weighted) asks whether learning online beats knowing
+# where it ends.
+UNBIASED_CONTROLS = ("adaptive-frozen", "uniform", "adaptive-unbiased-final")
 
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
                     FLOW_LEARNED: FLOW_CONTROLS}
