@@ -30,6 +30,7 @@ GRIDS = {
     "flow1k": dict(objective="flow", steps=1000, eval_every=250, fd_samplers="euler"),
     "ancestral3k": dict(steps=3000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
     "ancestral1500": dict(steps=1500, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
+    "ancestral10k": dict(steps=10000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=2500),
 }
 COPIED = ("report.md", "*.csv", "*.png")
 
