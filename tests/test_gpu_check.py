@@ -114,6 +114,7 @@ def test_tiny_check_under_torchrun_on_two_cpu_processes(tmp_path):
     assert all(c["adaptive"]["update_steps"] >= 1 for c in ddp["timing"])
 
 
+@pytest.mark.slow  # a second whole tiny check (about 20 s); the first covers every part
 def test_short_run_stops_at_the_budget_not_at_a_guessed_step_count(tmp_path):
     """A budget already spent by part 2: the short run trains one turn of each sampler and stops there, instead
     of the --run-steps asked for (the first H200 run overran a step count guessed from part 2 by 30 %)."""
