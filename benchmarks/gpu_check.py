@@ -15,16 +15,17 @@ What it measures, on DDPM's CIFAR-10 network (`--model cifar`, 35.7M parameters)
    with torch.cuda.synchronize() around each, and
        ratio_k40 = (39 plain + 1 update) / (40 uniform)
    against uniform steps timed the same way, and `ratio_at_update_every`, the same at the sampler's own
-   update interval (its default K = 20 since the credit sampler; ratio_k40 is kept for comparison). Also the time of `sampler.sample()` alone (the adaptive
-   sampler's policy runs on the device, its Beta inverse-CDF on the host: one synchronisation per step).
+   update interval (its default K = 20 since the credit sampler; ratio_k40 is kept for comparison). Also
+   the time of `sampler.sample()` alone (the adaptive sampler's policy runs on the device, its Beta
+   inverse-CDF on the host: one synchronisation per step).
 3. `ddp`: the same timings under torchrun with two processes (batch 128 each) when two GPUs are present;
    skipped with a note otherwise.
 4. `short_run`: uniform and adaptive from the same initial weights for as many steps as the budget leaves
    (at most --run-steps), in the fastest configuration of part 2, trained in turns of 20 steps each (so
    both see the same machine, and the run stops at the budget rather than at a step count guessed from
    part 2's short timings, which the first H200 run found 30 % optimistic); test bits/dim by
-   `estimate_bpd` on the first --eval-images test crops, before and after (float32, no EMA). A Fréchet distance needs a feature
-   network for 32x32 RGB: frechet.py's own classifier scores only the 8x8 digits, so without
+   `estimate_bpd` on the first --eval-images test crops, before and after (float32, no EMA). A Fréchet
+   distance needs a feature network for 32x32 RGB: frechet.py's own classifier scores only the 8x8 digits, so without
    `--inception FILE.pt` (a TorchScript feature network on disk, never downloaded) `fd` is null.
 
 The training loop is the library's public API as a user writes it: sampler.sample(), the loss,

@@ -47,8 +47,7 @@ def test_the_readme_loop_runs_with_the_sampler_it_recommends_for_samples(tmp_pat
     loop in place of the default sampler, runs, learns, and hands the loop weights 1/(T·p_t)."""
     call = re.search(r"`(make_sampler\(\"adaptive:unbiased=True[^`]*\))`", README)
     assert call, "the README no longer names the importance sampler for sampling"
-    block = re.search(re.escape("<!-- tests/test_readme.py runs this block as it is -->") + r"\s*```python\n(.*?)```",
-                      README, re.S).group(1)
+    block = dict(marked_blocks(README))["<!-- tests/test_readme.py runs this block as it is -->"]
     default = re.search(r"^sampler = make_sampler\(.*$", block, re.M).group(0)
     weighting = re.search(r"^weighting = make_weighting\(.*$", block, re.M).group(0)
     code = block.replace(default + "\n", "").replace(weighting, weighting + "\nsampler = " + call.group(1))
