@@ -403,9 +403,15 @@ def test_invalid_options_raise_one_clear_error(spec, options, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", [n for n in available_samplers() if not n.startswith("flow-")])
+def test_every_sampler_refuses_a_bad_batch_size(name):
+    sampler = make_sampler(name, LINEAR)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(UserError, match="batch_size"):
+            sampler.sample(bad)
+
+
 def test_invalid_calls_raise_user_errors():
-    with pytest.raises(UserError, match="batch_size"):
-        make_sampler("logit-normal", LINEAR).sample(-1)
     sampler = make_sampler("loss-second-moment", SMALL)
     with pytest.raises(UserError, match="one loss per timestep"):
         sampler.update(torch.arange(3), torch.ones(4))

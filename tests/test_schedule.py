@@ -30,11 +30,14 @@ def test_linear_endpoints_and_snr():
     assert bool((s.snr[1:] < s.snr[:-1]).all())
 
 
-def test_at_hands_out_callers_dtype_and_shape():
+def test_at_hands_out_callers_dtype_and_shape_and_names_unknown_quantities():
     s = NoiseSchedule("linear", T=10)
     x = torch.zeros(3, 1, 2, 2, dtype=torch.float16)
     v = s.at("alphas_cumprod", torch.tensor([0, 5, 9]), x)
     assert v.shape == (3, 1, 1, 1) and v.dtype == torch.float16
+
+    with pytest.raises(UserError, match="unknown schedule quantity 'sqrt_alphas_cumprod'; valid: .*alphas_cumprod"):
+        s.at("sqrt_alphas_cumprod", torch.tensor([0]), x)
 
 
 @pytest.mark.parametrize("kwargs", [dict(T=1), dict(T=0), dict(T=2.5), dict(beta_start=0.1, beta_end=0.01),

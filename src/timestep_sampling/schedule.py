@@ -84,7 +84,11 @@ class NoiseSchedule:
         device = torch.device(device or "cpu")
         key = (quantity, device, dtype)
         if key not in self._cache:
-            self._cache[key] = getattr(self, quantity).to(device=device, dtype=dtype)
+            values = getattr(self, quantity, None) if isinstance(quantity, str) else None
+            if not isinstance(values, torch.Tensor):
+                valid = sorted(name for name, value in vars(self).items() if isinstance(value, torch.Tensor))
+                raise UserError(f"unknown schedule quantity {quantity!r}; valid: {', '.join(valid)}")
+            self._cache[key] = values.to(device=device, dtype=dtype)
         return self._cache[key]
 
     def at(self, quantity: str, t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:

@@ -51,9 +51,8 @@ from ..bound import log_strata
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler
+from .base import SAMPLERS, TimestepSampler, check_batch_size
 from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
-from .fixed import check_batch_size
 from .loss_aware import check_fraction, check_int
 from .policy_gradient import CreditPolicyGradient
 

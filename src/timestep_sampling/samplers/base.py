@@ -20,6 +20,11 @@ from ..schedule import NoiseSchedule
 SAMPLERS = Registry("sampler")
 
 
+def check_batch_size(batch_size) -> None:
+    require(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 0,
+            f"batch_size must be an integer >= 0, got {batch_size!r}")
+
+
 class TimestepSampler:
     """Base class. Subclasses with an explicit distribution override `probabilities()`; samplers
     that learn override `update()` (from losses) or `observe()` (from the model, as the adaptive
@@ -57,6 +62,7 @@ class TimestepSampler:
 
         Draws happen on the CPU (with `generator` when given) and are moved to `device`, so a seed
         gives the same timesteps on every device."""
+        check_batch_size(batch_size)
         device = check_device(device)
         p = self.probabilities()
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
@@ -133,6 +139,7 @@ class UniformSampler(TimestepSampler):
         return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
 
     def sample(self, batch_size, device=None, generator=None, x0=None):
+        check_batch_size(batch_size)
         device = check_device(device)
         t = torch.randint(0, self.T, (batch_size,), generator=generator)
         return t.to(device), torch.ones(batch_size, device=device)

@@ -23,8 +23,8 @@ from scipy import special, stats
 
 from ..devices import check_device
 from ..errors import UserError, require
-from .base import SAMPLERS, TimestepSampler
-from .fixed import check_batch_size, check_real
+from .base import SAMPLERS, TimestepSampler, check_batch_size
+from .fixed import check_real
 
 # Draws are clamped into [EPS, 1 − EPS] and returned as float32: 1 − 2⁻²⁴ is the largest float32 below 1,
 # so no draw becomes 0 or 1 (where the ELBO weight (1 − t)/t or SD3's t⁻² would be infinite).

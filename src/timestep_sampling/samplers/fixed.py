@@ -15,12 +15,7 @@ from scipy import special, stats
 
 from ..devices import check_device
 from ..errors import UserError, require
-from .base import SAMPLERS, TimestepSampler
-
-
-def check_batch_size(batch_size) -> None:
-    require(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 0,
-            f"batch_size must be an integer >= 0, got {batch_size!r}")
+from .base import SAMPLERS, TimestepSampler, check_batch_size
 
 
 def check_real(name: str, value, *, positive: bool = False) -> float:

@@ -24,10 +24,10 @@ from .. import distributed
 from ..devices import check_device
 from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
-from .base import SAMPLERS
+from .base import SAMPLERS, check_batch_size
 from .continuous import EPS, ContinuousTimeSampler
 from .credit import LEGACY_DELTA, check_credit_delta, check_credit_target, flow_first_order_credit, loop_weights, target_name
-from .fixed import check_batch_size, check_real
+from .fixed import check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 

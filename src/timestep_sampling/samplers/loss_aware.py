@@ -13,7 +13,6 @@ import torch
 from ..distributed import all_gather_cat
 from ..errors import UserError, require
 from .base import SAMPLERS, TimestepSampler
-from .fixed import check_batch_size
 
 
 def check_int(name: str, value, low: int, high: int | None = None) -> int:
@@ -118,10 +117,6 @@ class LossSecondMomentSampler(TimestepSampler):
             return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
         return mix_uniform(self.history.values.square().mean(1).sqrt(), self.uniform_prob)
 
-    def sample(self, batch_size, device=None, generator=None, x0=None):
-        check_batch_size(batch_size)
-        return super().sample(batch_size, device, generator, x0)
-
     def update(self, t, losses):
         t, losses = gather_losses(t, losses, self.T)
         self.history.push(t, losses)
@@ -181,10 +176,6 @@ class VarianceSampler(TimestepSampler):
             return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
         band_variance = self.history.values.var(dim=1, unbiased=True)
         return mix_uniform(band_variance[self.band(torch.arange(self.T))], self.uniform_prob)
-
-    def sample(self, batch_size, device=None, generator=None, x0=None):
-        check_batch_size(batch_size)
-        return super().sample(batch_size, device, generator, x0)
 
     def update(self, t, losses):
         """Record per-sample values (no-op when `variances` was given: p is fixed then)."""
