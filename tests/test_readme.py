@@ -51,11 +51,12 @@ def test_the_readme_loop_runs_with_the_sampler_it_recommends_for_samples(tmp_pat
     default = re.search(r"^sampler = make_sampler\(.*$", block, re.M).group(0)
     weighting = re.search(r"^weighting = make_weighting\(.*$", block, re.M).group(0)
     code = block.replace(default + "\n", "").replace(weighting, weighting + "\nsampler = " + call.group(1))
+    code = code.replace("for step in range(100):", "for step in range(40):")  # the printed loop is tested above
     code += "print('weights', float(w.mean()), float(w.min()), float(w.max()), sampler.unbiased)\n"
     result = run_block(code, tmp_path, "readme_loop_unbiased.py")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"loss \S+, sampler updates 5, last reward [+-]\S+", lines[0]), result.stdout
+    assert re.fullmatch(r"loss \S+, sampler updates 2, last reward [+-]\S+", lines[0]), result.stdout
     mean, low, high, unbiased = lines[1].split()[1:]
     assert unbiased == "True" and 0 < float(low) <= float(high) <= 1 / 0.3 + 1e-6  # the 30 % floor caps them
     assert 0.3 < float(mean) < 3  # E_p[1/(T p_t)] = 1; 64 draws of weights in (0, 3.33]

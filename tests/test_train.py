@@ -317,6 +317,7 @@ def test_compile_compiles_the_training_forward_only(tmp_path, monkeypatch):
     assert all(not k.startswith("_orig_mod") for k in trainer.net.state_dict())
 
 
+@pytest.mark.slow  # torch.compile takes ~25 s on 2 cores; the --compile plumbing is tested above
 def test_compile_really_compiles_a_training_run(tmp_path, monkeypatch):
     """A real torch.compile (inductor, which builds C++ kernels on a CPU) with a one-layer model in place of
     the UNet: 17 s with an empty inductor cache on the 2 shared development cores, 5 s with a warm one. The
