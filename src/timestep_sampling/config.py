@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -73,8 +74,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ["lr", "warmup", "grad_clip", "eval_every", "checkpoint_every", "sample_every", "num_samples",
                      "eval_exact_below"]:
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):  # NaN passes a plain `< 0`
+                raise UserError(f"{name} must be a finite number >= 0, got {value}")
         if self.T <= 1:
             raise UserError(f"T must be > 1, got {self.T}")
         if not 0 <= self.ema_decay < 1:
