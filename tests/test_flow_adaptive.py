@@ -110,7 +110,7 @@ def test_state_round_trips_and_resumes_the_same_draws():
     a, _ = sampler.sample(8)
     b, _ = clone.sample(8)
     assert torch.equal(a, b)  # the fallback stream is indexed by the draw counter, which is checkpointed
-    with pytest.raises(UserError, match="not a flow-adaptive sampler"):
+    with pytest.raises(UserError, match="not a saved state of the 'flow-adaptive' sampler"):
         clone.load_state_dict({"policy": {}})
 
 

@@ -432,3 +432,16 @@ def test_a_wrong_device_is_one_clear_error(name, device, message):
     with pytest.raises(UserError, match=message) as info:
         sampler.sample(4, device, x0=torch.zeros(4, 1, 8, 8))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["adaptive", "adaptive-bands", "credit-proportional", "loss-second-moment",
+                                  "variance", "flow-adaptive"])
+def test_a_state_that_is_not_the_samplers_own_is_a_user_error(name):
+    """A checkpoint of another method, or any dict, handed to load_state_dict: one line that says so, not a
+    KeyError from inside the sampler."""
+    sampler = make_sampler(name) if name.startswith("flow-") else make_sampler(name, LINEAR)
+    other = make_sampler("adaptive-bands" if name == "adaptive" else "adaptive", LINEAR).state_dict()
+    for state in ({"foo": 1}, other):
+        with pytest.raises(UserError) as info:
+            sampler.load_state_dict(state)
+        assert "\n" not in str(info.value)

@@ -65,7 +65,7 @@ from ..diffusion import predict_eps, q_sample, vlb_terms_from_eps
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler
+from .base import SAMPLERS, TimestepSampler, check_state
 from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
                      loop_weights, target_name, unwrap)
 from .feature_selection import ChangeQueue
@@ -544,6 +544,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         }
 
     def load_state_dict(self, state: dict) -> None:
+        check_state(state, self.state_dict(), self.name, optional={"draws"})  # absent from old checkpoints
         features = state["queue"]["features"]
         require(features.numel() == 0 or features.shape[1] == len(self.edges) - 1,
                 f"the checkpoint's sampler scanned {features.shape[1]} probes, this one {len(self.edges) - 1}: "

@@ -51,7 +51,7 @@ from ..bound import log_strata
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler, check_batch_size
+from .base import SAMPLERS, TimestepSampler, check_batch_size, check_state
 from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .loss_aware import check_fraction, check_int
 from .policy_gradient import CreditPolicyGradient
@@ -294,6 +294,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
                 "skipped_updates": self.skipped_updates, "draws": self.draws}
 
     def load_state_dict(self, state: dict) -> None:
+        check_state(state, self.state_dict(), self.name)
         require(torch.equal(state["edges"], self.edges),
                 "the checkpoint's adaptive-bands sampler used other bands: use the same T and bands")
         with torch.no_grad():

@@ -25,6 +25,20 @@ def check_batch_size(batch_size) -> None:
             f"batch_size must be an integer >= 0, got {batch_size!r}")
 
 
+def check_state(state, keys, name: str, optional=()) -> None:
+    """A saved state handed to `load_state_dict` has exactly the keys this sampler writes (those in `optional`
+    may be absent), else a UserError rather than a KeyError from deep inside: another method's checkpoint,
+    a discrete sampler's state given to a flow sampler, any other dict."""
+    keys = set(keys)
+    given = set(state) if isinstance(state, dict) else set()
+    missing, extra = sorted(keys - set(optional) - given), sorted(given - keys)
+    require(isinstance(state, dict) and not missing and not extra,
+            f"not a saved state of the {name!r} sampler: " + "; ".join(
+                [f"it lacks {', '.join(map(repr, missing))}"] * bool(missing)
+                + [f"it has {', '.join(map(repr, extra))}, which this sampler does not write"] * bool(extra)
+                or ["expected a dict"]))
+
+
 class TimestepSampler:
     """Base class. Subclasses with an explicit distribution override `probabilities()`; samplers
     that learn override `update()` (from losses) or `observe()` (from the model, as the adaptive

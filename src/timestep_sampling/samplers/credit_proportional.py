@@ -25,7 +25,7 @@ from .. import distributed
 from ..bound import log_strata
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler
+from .base import SAMPLERS, TimestepSampler, check_state
 from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .loss_aware import check_fraction, check_int
 
@@ -128,6 +128,7 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
                 "updates": self.updates, "edges": self.edges.clone()}
 
     def load_state_dict(self, state: dict) -> None:
+        check_state(state, self.state_dict(), self.name)
         require(torch.equal(state["edges"], self.edges),
                 "the checkpoint's credit-proportional sampler used other bands: use the same T and bands")
         self.band_credit = state["band_credit"].clone().double()

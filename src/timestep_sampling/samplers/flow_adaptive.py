@@ -24,7 +24,7 @@ from .. import distributed
 from ..devices import check_device
 from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
-from .base import SAMPLERS, check_batch_size
+from .base import SAMPLERS, check_batch_size, check_state
 from .continuous import EPS, ContinuousTimeSampler
 from .credit import LEGACY_DELTA, check_credit_delta, check_credit_target, flow_first_order_credit, loop_weights, target_name
 from .fixed import check_real
@@ -162,7 +162,8 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                 "skipped_updates": self.skipped_updates, "draws": self.draws}
 
     def load_state_dict(self, state: dict) -> None:
-        require(set(state.get("policy", {})) == set(self.policy.state_dict()),
+        check_state(state, self.state_dict(), self.name)
+        require(set(state["policy"]) == set(self.policy.state_dict()),
                 "the checkpoint's sampler state is not a flow-adaptive sampler's")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
