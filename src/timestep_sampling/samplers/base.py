@@ -32,11 +32,13 @@ def check_state(state, keys, name: str, optional=()) -> None:
     keys = set(keys)
     given = set(state) if isinstance(state, dict) else set()
     missing, extra = sorted(keys - set(optional) - given), sorted(given - keys)
-    require(isinstance(state, dict) and not missing and not extra,
-            f"not a saved state of the {name!r} sampler: " + "; ".join(
-                [f"it lacks {', '.join(map(repr, missing))}"] * bool(missing)
-                + [f"it has {', '.join(map(repr, extra))}, which this sampler does not write"] * bool(extra)
-                or ["expected a dict"]))
+    problems = []
+    if missing:
+        problems.append(f"it lacks {', '.join(map(repr, missing))}")
+    if extra:
+        problems.append(f"it has {', '.join(map(repr, extra))}, which this sampler does not write")
+    require(isinstance(state, dict) and not problems,
+            f"not a saved state of the {name!r} sampler: {'; '.join(problems) or 'expected a dict'}")
 
 
 class TimestepSampler:
