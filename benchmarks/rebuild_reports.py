@@ -19,19 +19,8 @@ from pathlib import Path
 from timestep_sampling import bench
 from timestep_sampling.bench.settings import DEFAULT_METHODS, FINAL_SUFFIX, FLOW_METHODS
 
-DOCS_BENCH = Path(__file__).resolve().parents[1] / "docs" / "bench"
+from grids import DOCS_BENCH, GRIDS  # benchmarks/grids.py: each grid's settings
 
-# Each grid's settings, as its records were made (the grid key they carry decides which records a report takes;
-# the FD samplers and the ancestral FD's steps decide which scores it asks for). The grids made before the
-# ancestral FD existed are reported on DDIM's (Euler's for the flow) alone.
-GRIDS = {
-    "long10k": dict(steps=10000, eval_every=500, fd_samplers="ddim"),
-    "credit3k": dict(steps=3000, eval_every=500, fd_samplers="ddim"),
-    "flow1k": dict(objective="flow", steps=1000, eval_every=250, fd_samplers="euler"),
-    "ancestral3k": dict(steps=3000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
-    "ancestral1500": dict(steps=1500, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
-    "ancestral10k": dict(steps=10000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=2500),
-}
 COPIED = ("report.md", "*.csv", "*.png")
 
 
@@ -69,11 +58,15 @@ def rebuild(grid: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grids", nargs="*", metavar="GRID", help=f"grids to rebuild (default all: {', '.join(GRIDS)})")
-    grids = parser.parse_args().grids or list(GRIDS)
+    parser.add_argument("grids", nargs="*", metavar="GRID", help="grids to rebuild (default: every one with records)")
+    recorded = [grid for grid in GRIDS if any((DOCS_BENCH / grid).glob("*.json"))]
+    grids = parser.parse_args().grids or recorded
     unknown = sorted(set(grids) - set(GRIDS))
     if unknown:
         parser.error(f"unknown grid {', '.join(unknown)}; valid: {', '.join(GRIDS)}")
+    empty = sorted(set(grids) - set(recorded))
+    if empty:
+        parser.error(f"no records yet in {', '.join(f'docs/bench/{g}' for g in empty)}: run_cells.py adds them")
     for grid in grids:
         print(f"{grid}: wrote {rebuild(grid).relative_to(DOCS_BENCH.parents[1])}")
 

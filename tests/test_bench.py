@@ -811,17 +811,20 @@ def test_a_shorter_run_of_the_same_cell_lends_its_score_only_when_it_is_the_runs
     assert bench.load_record(long_records / name)["evals"] == merged["evals"]
 
 
-def test_every_committed_grid_can_be_reported_again_from_its_records(tmp_path):
+def test_every_committed_grid_can_be_reported_again_from_its_records(tmp_path, monkeypatch):
     """benchmarks/rebuild_reports.py knows each records folder under docs/bench and its settings: the settings
     it gives select every record there (none is left out as made under other settings)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rebuild_reports", Path(__file__).parents[1] / "benchmarks" / "rebuild_reports.py")
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script: grids.py beside it
+    spec = importlib.util.spec_from_file_location("rebuild_reports", benchmarks / "rebuild_reports.py")
     rebuild = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rebuild)
-    folders = sorted(p.parent.name for p in DOCS_BENCH.glob("*/*.json"))
-    assert set(folders) == set(rebuild.GRIDS)
-    for grid, options in rebuild.GRIDS.items():
+    folders = {p.parent.name for p in DOCS_BENCH.glob("*/*.json")}
+    assert folders <= set(rebuild.GRIDS)  # a grid may be declared before its first record
+    for grid in sorted(folders):
+        options = rebuild.GRIDS[grid]
         folder = DOCS_BENCH / grid
         methods, schedules, seeds = rebuild.recorded_cells(folder)
         flow = options.get("objective") == "flow"

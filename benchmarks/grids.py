@@ -1,0 +1,25 @@
+"""The committed benchmark grids: each records folder under docs/bench/ and the bench settings its records are
+made under (the grid key a record carries decides which records a report takes; the FD samplers and the
+ancestral FD's steps decide which scores it asks for). The grids made before the ancestral FD existed are
+reported on DDIM's (Euler's for the flow) alone. rebuild_reports.py reports them; run_cells.py adds to them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCS_BENCH = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+GRIDS = {
+    "long10k": dict(steps=10000, eval_every=500, fd_samplers="ddim"),
+    "credit3k": dict(steps=3000, eval_every=500, fd_samplers="ddim"),
+    "flow1k": dict(objective="flow", steps=1000, eval_every=250, fd_samplers="euler"),
+    "ancestral3k": dict(steps=3000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
+    "ancestral1500": dict(steps=1500, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
+    "ancestral10k": dict(steps=10000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=2500),
+    # issue 24's flow grid: Euler and Heun FD at every checkpoint, the exact ODE bits/dim at the end
+    "flow3k": dict(objective="flow", steps=3000, eval_every=500, fd_samplers="euler,heun"),
+}
+
+
+def cli_flags(options: dict) -> list[str]:
+    """A grid's settings as `timestep-sampling bench` flags (steps=3000 -> --steps 3000)."""
+    return [part for key, value in options.items() for part in (f"--{key.replace('_', '-')}", str(value))]
