@@ -223,6 +223,23 @@ def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_f
     assert "| linear | fast | 100 |" in table and "uniform final (step)" in table
 
 
+def test_a_bound_that_rises_again_on_every_seed_is_named_with_its_best_checkpoint():
+    """`overfits` is lowest at step 200 on seed 0 and 300 on seed 1, then ends 0.2 and 0.1 higher: named, with
+    those steps. `wobbles` rises at the end on one seed only, `flat` by less than the tolerance: not named."""
+    records = records_from({
+        ("uniform", 0): [6, 5, 4, 3, 2.0], ("uniform", 1): [6, 5, 4, 3, 2.2],
+        ("overfits", 0): [6, 3, 2.0, 2.1, 2.2], ("overfits", 1): [6, 3, 2.5, 2.0, 2.1],
+        ("wobbles", 0): [6, 3, 2.0, 2.1, 2.2], ("wobbles", 1): [6, 3, 2.5, 2.0, 1.9],
+        ("flat", 0): [6, 3, 2.0, 2.0, 2.004], ("flat", 1): [6, 3, 2.0, 2.0, 2.003],
+    })
+    (row,) = bench_stats.rising_curves(records)
+    assert row["method"] == "overfits" and row["best_steps"] == [200, 300]
+    assert row["best"] == [2.0, 2.0] and row["final"] == [2.2, 2.1]
+    table = bench_report.rising_table([row])
+    assert "| linear | overfits | 200, 300 | 2.000, 2.000 | 2.200, 2.100 | +0.200, +0.100 |" in table
+    assert bench_stats.rising_curves(records, tolerance=0.25) == []
+
+
 def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_per_dim():
     """uniform ends at 2.0/2.2. `adaptive` is at 1.5/1.6 by half the steps and ends below min-snr on both
     seeds: yes to both questions. `adaptive-mix` is as fast but ends with worse final bits/dim (the score here

@@ -170,6 +170,30 @@ def paired_numbers(mine: dict, base: dict) -> dict:
     return row
 
 
+def rising_curves(records: list[dict], metric: str = "test_bpd_estimate", tolerance: float = 0.005) -> list[dict]:
+    """Methods whose score turns back up: on every seed the last checkpoint is worse than the seed's best
+    earlier one by more than `tolerance` (lower is better). A test bound that rises while training goes on
+    means the last checkpoint is not the method's best, and a comparison at the end alone undersells it.
+    One row per (schedule, method): per seed the best step, best and final value."""
+    runs: dict[tuple, dict[int, float]] = {}
+    for r in records:
+        if r.get(metric) is not None:
+            runs.setdefault((r["schedule"], r["method"], r["seed"]), {})[r["step"]] = float(r[metric])
+    by_cell: dict[tuple, list[tuple]] = {}
+    for (schedule, method, seed), curve in runs.items():
+        final_step = max(curve)
+        best_step = min(curve, key=lambda step: (curve[step], step))
+        by_cell.setdefault((schedule, method), []).append((seed, best_step, curve[best_step], curve[final_step]))
+    rows = []
+    for (schedule, method), seeds in by_cell.items():
+        if all(final - best > tolerance for _, _, best, final in seeds):
+            seeds.sort()
+            rows.append({"schedule": schedule, "method": method, "metric": metric,
+                         "seeds": [s for s, *_ in seeds], "best_steps": [b for _, b, _, _ in seeds],
+                         "best": [v for *_, v, _ in seeds], "final": [f for *_, f in seeds]})
+    return rows
+
+
 def half_budget_comparison(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
     """Does a method reach the baseline's final score in at most half the baseline's steps? Per schedule and
     method, paired by seed: the method's score at the last checkpoint at or before half the baseline's final
