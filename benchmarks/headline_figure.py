@@ -4,7 +4,8 @@
 
 Reads the bench's run records (`<method>__<schedule>__s<seed>.json`, one per finished run: `evals` holds one
 entry per checkpoint with `step`, `test_bpd_estimate`, `test_bpd` and `bpd_method`) directly with json, so it
-depends on nothing in the package. For each method it plots the stratified estimate of test bits/dim against
+depends on nothing in the package; EDM's log-normal, the fixed control, comes from docs/bench/ancestral10k,
+made under the same grid settings. For each method it plots the stratified estimate of test bits/dim against
 training steps, the mean over seeds with the min..max band, as the bench's own curves do, and a dashed line
 at uniform's final estimate (mean over seeds): where a curve first reaches it is the time to uniform's final
 quality, compared at the checkpoints (estimate with estimate; the bench adds the estimate at the final
@@ -23,7 +24,11 @@ METHODS = {  # method -> (label, colour)
     "uniform": ("uniform (DDPM)", "0.35"),
     "adaptive": ("adaptive (learned Beta, credit)", "C3"),
     "adaptive-mix": ("adaptive-mix (the same, 30 % uniform floor)", "C0"),
+    "lognormal-edm": ("lognormal-edm (fixed, small t: the control)", "C2"),
 }
+# Methods recorded in another grid folder. The records are used only where their grid settings equal
+# uniform's (the grid key a record carries: the ancestral FD is not part of it), checked in load_runs.
+ELSEWHERE = {"lognormal-edm": ROOT / "docs" / "bench" / "ancestral10k"}
 
 
 def load_runs(records: Path, method: str, schedule: str) -> list[dict]:
@@ -71,7 +76,10 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {m: load_runs(args.records, m, args.schedule) for m in METHODS}
+    data = {m: load_runs(ELSEWHERE.get(m, args.records), m, args.schedule) for m in METHODS}
+    for method, runs in data.items():  # a curve from another grid is comparable only under the same settings
+        if any(r["grid"] != data["uniform"][0]["grid"] for r in runs):
+            raise SystemExit(f"error: {method}'s records were made under other grid settings than uniform's")
     steps_u, values_u = curves(data["uniform"])
     target = float(values_u[:, -1].mean())
     base_steps = first_reach(steps_u, values_u.mean(0), target)
@@ -92,16 +100,19 @@ def main() -> None:
         at_3000 = f"; estimate at step 3000: {mean[list(steps).index(3000)]:.3f}" if 3000 in steps else ""
         print(f"{method:13s} final exact {exact.mean():.3f} ± {exact.std(ddof=1):.3f} (seeds "
               f"{', '.join(f'{v:.3f}' for v in exact)}); reaches {target:.3f} at step {reach}{speedup}{at_3000}")
+        lowest = int(steps[mean.argmin()])
+        turns = f"; lowest at step {lowest:,}, then rising" if mean[-1] - mean.min() > 0.005 else ""
         ax.plot(steps, mean, color=colour, lw=2, marker="o", ms=3,
-                label=f"{label}: {exact.mean():.3f} ± {exact.std(ddof=1):.3f} at step {n_steps:,}")
+                label=f"{label}: {exact.mean():.3f} ± {exact.std(ddof=1):.3f} at step {n_steps:,}{turns}")
         ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, lw=0)
         if reach is not None and method != "uniform":
             reached.setdefault(reach, []).append(method)
-    for reach, methods in reached.items():  # one note per crossing step
-        ax.annotate(f"{' and '.join(methods)} reach it at step {reach:,}:\n"
+    for i, (reach, methods) in enumerate(sorted(reached.items(), reverse=True)):  # one note per step, earliest on top
+        verb = "reach" if len(methods) > 1 else "reaches"
+        ax.annotate(f"{' and '.join(methods)} {verb} it at step {reach:,}:\n"
                     f"{base_steps / reach:.2f}× fewer steps than uniform ({base_steps:,})",
-                    xy=(reach, target), xytext=(reach + 700, target + 0.2), fontsize=9,
-                    arrowprops={"arrowstyle": "->", "color": "0.2"})
+                    xy=(reach, target), xytext=(reach + 700, target + 0.2 + 0.1 * i), fontsize=9,
+                    arrowprops={"arrowstyle": "->", "color": "0.2", "relpos": (0, 0)})
     ax.axhline(target, color="0.35", ls="--", lw=1)
     ax.text(150, target - 0.008, f"uniform's final estimate {target:.3f}", ha="left", va="top",
             fontsize=9, color="0.25")
