@@ -35,16 +35,15 @@ def gap(checkpoint: str, exact: bool = False, images: int | None = None, edges=B
     """Bits/dim of a checkpoint's EMA model on its test split and on as many training images (the first
     `images` of each, if given)."""
     model, schedule, cfg, meta = load_model(checkpoint)
-    data = load_data(cfg.data)
     if cfg.objective.split(":")[0] != "ddpm":
         raise UserError(f"{checkpoint}: the bound by bands of t is for DDPM checkpoints; this one is {cfg.objective!r}")
+    data = load_data(cfg.data)
     if exact:
         timesteps, weights = torch.arange(schedule.T), torch.ones(schedule.T, dtype=torch.float64)
     else:
         timesteps, weights = stratified_timesteps(schedule.T)
-    result = {"checkpoint": checkpoint, "step": meta.get("step"), "method": cfg.method, "exact": exact}
-    result["images"] = min(images or len(data.test), len(data.test))
     n = min(images or len(data.test), len(data.test))
+    result = {"checkpoint": checkpoint, "step": meta.get("step"), "method": cfg.method, "exact": exact, "images": n}
     for split, subset in (("test", data.test[:n]), ("train", data.train[:n])):
         bound = (exact_bpd if exact else estimate_bpd)(model, schedule, subset, bins=data.bins,
                                                        variance=cfg.variance, progress=False)
