@@ -240,6 +240,23 @@ def test_a_bound_that_rises_again_on_every_seed_is_named_with_its_best_checkpoin
     assert bench_stats.rising_curves(records, tolerance=0.25) == []
 
 
+def test_the_train_test_gap_is_read_at_each_runs_last_checkpoint():
+    """Only evaluations that carry the training images' estimate count (the last one of a run); a method
+    without it (an older record) is left out rather than shown with a gap of nothing."""
+    records = records_from({("uniform", 0): [6, 3, 2.0], ("uniform", 1): [6, 3, 2.2],
+                            ("overfits", 0): [6, 3, 2.5], ("overfits", 1): [6, 3, 2.4], ("old", 0): [6, 3, 2.0]})
+    train = {("uniform", 0): 1.9, ("uniform", 1): 2.0, ("overfits", 0): 2.0, ("overfits", 1): 2.1}
+    for r in records:
+        if r["step"] == 200 and (r["method"], r["seed"]) in train:
+            r["train_bpd_estimate"] = train[r["method"], r["seed"]]
+    rows = {r["method"]: r for r in bench_stats.train_test_gaps(records)}
+    assert set(rows) == {"uniform", "overfits"}
+    assert rows["overfits"]["gaps"] == pytest.approx([0.5, 0.3]) and rows["overfits"]["mean_gap"] == pytest.approx(0.4)
+    assert rows["uniform"]["gaps"] == pytest.approx([0.1, 0.2]) and rows["uniform"]["steps"] == [200, 200]
+    table = bench_report.gap_table([rows["overfits"]])
+    assert "| linear | overfits | 200 | 2.000, 2.100 | 2.500, 2.400 | +0.500, +0.300 | 0.400 ± 0.141 |" in table
+
+
 def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_per_dim():
     """uniform ends at 2.0/2.2. `adaptive` is at 1.5/1.6 by half the steps and ends below min-snr on both
     seeds: yes to both questions. `adaptive-mix` is as fast but ends with worse final bits/dim (the score here
@@ -362,6 +379,11 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     assert records[-1]["bpd_method"] == "exact"
     # with T = 10 the estimate computes every term exactly, with the same noise as the exact bound
     assert records[-1]["test_bpd_estimate"] == pytest.approx(records[-1]["test_bpd"], rel=1e-9)
+    # the last checkpoint's estimate on as many training images: the trainer's estimator on those images
+    cfg = bench.run_config(settings, "uniform", "linear", 0)
+    on_train = bench.estimate_checkpoint(run / "checkpoints" / "step_00000010", cfg, "cpu", split="train")
+    assert records[-1]["train_bpd_estimate"] == on_train != records[-1]["test_bpd_estimate"]
+    assert all("train_bpd_estimate" not in r for r in records[:-1])
     assert results["classifier"]["cached"] and results["classifier"]["test_accuracy"] > 0.95
     for name in ("summary.csv", "results.csv", "time_to_quality.csv", "paired.csv"):
         assert (out / name).stat().st_size > 0
@@ -369,6 +391,7 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     assert {r["step"] for r in rows} == {"0", "5", "10"} and "fd_ddim_mean" in rows[0] and "test_bpd_mean" in rows[0]
     report = (out / "report.md").read_text()
     assert "Test bits/dim" in report and "linear 10 (exact)" in report
+    assert "### The bound on training images at the last checkpoint" in report
     # the classifier's accuracy is stated (its last digit depends on the thread count: 98.7-99.0%)
     assert float(re.search(r"test accuracy: \*\*([0-9.]+)%\*\*", report).group(1)) > 95
     assert (out / "curves_fd_ddim.png").stat().st_size > 0 and (out / "curves_fid_ddim.png").stat().st_size > 0

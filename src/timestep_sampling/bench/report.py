@@ -11,7 +11,7 @@ import numpy as np
 from .records import run_name
 from .settings import BenchSettings
 from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS,
-                    STRONGEST_HEURISTIC, metrics_in, rising_curves, schedule_answers)
+                    STRONGEST_HEURISTIC, metrics_in, rising_curves, schedule_answers, train_test_gaps)
 
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
@@ -224,6 +224,17 @@ def rising_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_table(rows: list[dict]) -> str:
+    lines = ["| schedule | method | step | train images per seed | test split per seed | test − train per seed | "
+             "mean ± std |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        steps = sorted(set(r["steps"]))
+        lines.append(f"| {r['schedule']} | {r['method']} | {', '.join(map(str, steps))} | "
+                     f"{', '.join(_fmt(v, 3) for v in r['train'])} | {', '.join(_fmt(v, 3) for v in r['test'])} | "
+                     f"{', '.join(f'{v:+.3f}' for v in r['gaps'])} | {_fmt(r['mean_gap'], 3)} ± {_fmt(r['sd_gap'], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _per_seed(row: dict, digits: int) -> str:
     return ", ".join(f"{x:+.{digits}f}" for x in row["diffs"])
 
@@ -431,6 +442,13 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   "On every seed these methods' test bits/dim (the estimate made at every checkpoint) is lower at an "
                   "earlier checkpoint than at the last, by more than 0.005: their best model is not their last one, "
                   "and a comparison at the last checkpoint alone undersells them.", "", rising_table(rising)]
+    gaps = train_test_gaps(records)
+    if gaps:
+        lines += ["### The bound on training images at the last checkpoint", "",
+                  "The same estimate (same timesteps and noise) on as many training images as the test split has. "
+                  "The model has seen those images: a test bound well above theirs is a model fitting its training "
+                  "set, and a rising test bound with a wide gap is overfitting rather than a worse sampler. "
+                  "Records made before this was measured are not in the table.", "", gap_table(gaps)]
     if quality:
         lines += ["## Sample quality at checkpoints, beside bits/dim (the paper's Table 1 in shape)", "",
                   f"Mean ± std over seeds; lower is better; best per column in bold. FD floor (real against real, "

@@ -88,8 +88,9 @@ def train_run(cfg, fingerprint: str | None = None) -> str:
 
 
 def run_records(cfg, method: str, schedule: str, seed: int, metrics: list[str] = ()) -> list[dict]:
-    """One record per evaluation of the run: the contract fields of results.json, and each FD in `metrics`
-    (fd_ddim, fd_ddpm...: None where it was not computed)."""
+    """One record per evaluation of the run: the contract fields of results.json, each FD in `metrics`
+    (fd_ddim, fd_ddpm...: None where it was not computed), and at the last step the estimate on as many
+    training images (`train_bpd_estimate`) where it was computed."""
     folder = Path(cfg.out)
     cache = read_json(folder / "bench.json", {})
     evals = {r["step"]: r for r in read_jsonl(folder / "metrics.jsonl") if "test_bpd" in r}
@@ -103,6 +104,8 @@ def run_records(cfg, method: str, schedule: str, seed: int, metrics: list[str] =
                   "test_bpd_estimate": estimate}
         for metric in metrics:
             record[metric] = cache.get(metric, {}).get("values", {}).get(str(step))
+        if cache.get("final_train_estimate", {}).get("step") == step:  # the last checkpoint's, on training images
+            record["train_bpd_estimate"] = cache["final_train_estimate"]["value"]
         records.append(record)
     return records
 

@@ -1,7 +1,8 @@
 """Scoring a run's checkpoints: samples of each checkpoint's EMA model from a fixed starting noise, their
 Fréchet distance to the test split in the digit classifier's features (FD) or a TorchScript network's (FID),
-and the stratified bits/dim estimate at a final step the trainer measured exactly. The scores are kept in the
-run folder's bench.json, so a rerun computes only what it lacks."""
+the stratified bits/dim estimate at a final step the trainer measured exactly, and that estimate on training
+images at the final step. The scores are kept in the run folder's bench.json, so a rerun computes only what it
+lacks."""
 from __future__ import annotations
 
 import shutil
@@ -76,21 +77,25 @@ def generate(checkpoint: Path, settings: BenchSettings, device, sampler: str = "
     return torch.cat(out)
 
 
-def estimate_checkpoint(checkpoint: Path, cfg, device) -> float:
-    """The test bits/dim estimate of a checkpoint's EMA model with exactly the trainer's settings (same
-    timesteps, noise and probes), for comparing it with the estimates logged during training."""
+def estimate_checkpoint(checkpoint: Path, cfg, device, split: str = "test") -> float:
+    """The bits/dim estimate of a checkpoint's EMA model with exactly the trainer's settings (same timesteps,
+    noise and probes), for comparing it with the estimates logged during training: on the test split, or
+    (`split="train"`) on the first as many training images, so that the two differ by the images alone. A test
+    bound that ends further and further above the training images' is the model fitting its training set."""
     from ..data import load_data
     from ..evaluate import load_model
 
     model, schedule, _, _ = load_model(checkpoint, device)
     data = load_data(cfg.data)
-    return make_objective(cfg, schedule, data.bins).bpd(model, data.test.to(device), exact=False)
+    images = {"test": data.test, "train": data.train[:len(data.test)]}[split]
+    return make_objective(cfg, schedule, data.bins).bpd(model, images.to(device), exact=False)
 
 
 def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> dict:
     """Add to the run's bench.json every score it lacks: each scorer's distance for each of the settings'
-    samplers at the checkpoints where that sampler's FD is due (`BenchSettings.fd_due`), and the stratified
-    estimate at the final step if the trainer logged the exact bound there. Then delete the intermediate
+    samplers at the checkpoints where that sampler's FD is due (`BenchSettings.fd_due`), the stratified
+    estimate at the final step if the trainer logged the exact bound there, and the same estimate on as many
+    training images at the final step (`final_train_estimate`). Then delete the intermediate
     checkpoints unless asked to keep them (the last one always stays)."""
     folder = Path(cfg.out)
     path = folder / "bench.json"
@@ -126,6 +131,11 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
             value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device)
             cache["final_estimate"] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
             write_json(path, cache)
+    if cfg.steps in checkpoints and "final_train_estimate" not in cache:
+        start = time.perf_counter()
+        value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device, split="train")
+        cache["final_train_estimate"] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
+        write_json(path, cache)
     write_json(path, cache)
     if not settings.keep_checkpoints:
         for step, ckpt in checkpoints.items():

@@ -194,6 +194,27 @@ def rising_curves(records: list[dict], metric: str = "test_bpd_estimate", tolera
     return rows
 
 
+def train_test_gaps(records: list[dict]) -> list[dict]:
+    """The test bound's estimate minus the same estimate on as many training images, at each run's last
+    checkpoint where both were measured: one row per (schedule, method) with the per-seed train and test
+    values and gaps. A gap that grows from one grid to a longer one is the model fitting its training images;
+    a method whose gap is larger than uniform's at the same step overfits sooner."""
+    by_cell: dict[tuple, list[tuple]] = {}
+    for r in records:
+        if r.get("train_bpd_estimate") is not None and r.get("test_bpd_estimate") is not None:
+            by_cell.setdefault((r["schedule"], r["method"]), []).append(
+                (r["seed"], float(r["train_bpd_estimate"]), float(r["test_bpd_estimate"]), r["step"]))
+    rows = []
+    for (schedule, method), seeds in by_cell.items():
+        seeds.sort()
+        gaps = [test - train for _, train, test, _ in seeds]
+        rows.append({"schedule": schedule, "method": method, "seeds": [s for s, *_ in seeds],
+                     "steps": [step for *_, step in seeds], "train": [t for _, t, _, _ in seeds],
+                     "test": [t for _, _, t, _ in seeds], "gaps": gaps, "mean_gap": float(np.mean(gaps)),
+                     "sd_gap": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None})
+    return rows
+
+
 def half_budget_comparison(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
     """Does a method reach the baseline's final score in at most half the baseline's steps? Per schedule and
     method, paired by seed: the method's score at the last checkpoint at or before half the baseline's final
