@@ -371,6 +371,8 @@ def test_state_from_another_T_is_refused():
         make_sampler("loss-second-moment", LINEAR).load_state_dict(state)
     with pytest.raises(UserError, match="saved state"):
         make_sampler("variance", SMALL).load_state_dict({"history": {}})
+    with pytest.raises(UserError, match="'extra', which this sampler does not write"):
+        make_sampler("loss-second-moment", LINEAR).load_state_dict({"history": {**state["history"], "extra": 1}})
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -441,7 +443,7 @@ def test_a_state_that_is_not_the_samplers_own_is_a_user_error(name):
     KeyError from inside the sampler."""
     sampler = make_sampler(name) if name.startswith("flow-") else make_sampler(name, LINEAR)
     other = make_sampler("adaptive-bands" if name == "adaptive" else "adaptive", LINEAR).state_dict()
-    for state in ({"foo": 1}, other):
+    for state in ({"foo": 1}, other, None, [1, 2]):
         with pytest.raises(UserError) as info:
             sampler.load_state_dict(state)
         assert "\n" not in str(info.value)

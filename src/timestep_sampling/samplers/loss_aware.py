@@ -12,7 +12,7 @@ import torch
 
 from ..distributed import all_gather_cat
 from ..errors import UserError, require
-from .base import SAMPLERS, TimestepSampler
+from .base import SAMPLERS, TimestepSampler, check_state
 
 
 def check_int(name: str, value, low: int, high: int | None = None) -> int:
@@ -83,11 +83,10 @@ class LossHistory:
         return {"values": self.values.clone(), "seen": self.seen.clone()}
 
     def load_state_dict(self, state: dict, what: str) -> None:
-        require(isinstance(state, dict) and {"values", "seen"} <= set(state),
-                f"{what}: not a saved state (expected a dict with 'values' and 'seen')")
+        check_state(state, ("values", "seen"), what)
         values, seen = torch.as_tensor(state["values"]), torch.as_tensor(state["seen"])
         require(values.shape == self.values.shape and seen.shape == self.seen.shape,
-                f"{what}: saved history has shape {tuple(values.shape)}, this sampler expects "
+                f"sampler {what!r}: saved history has shape {tuple(values.shape)}, this sampler expects "
                 f"{tuple(self.values.shape)} (different T, bins or history length)")
         self.values = values.to(torch.float64).clone()
         self.seen = seen.to(torch.long).clone()
@@ -125,7 +124,8 @@ class LossSecondMomentSampler(TimestepSampler):
         return {"history": self.history.state_dict()}
 
     def load_state_dict(self, state):
-        self.history.load_state_dict(dict(state).get("history"), f"sampler {self.name!r}")
+        check_state(state, ("history",), self.name)
+        self.history.load_state_dict(state["history"], self.name)
 
 
 @SAMPLERS.register("variance")
@@ -187,4 +187,5 @@ class VarianceSampler(TimestepSampler):
         return {"history": self.history.state_dict()}
 
     def load_state_dict(self, state):
-        self.history.load_state_dict(dict(state).get("history"), f"sampler {self.name!r}")
+        check_state(state, ("history",), self.name)
+        self.history.load_state_dict(state["history"], self.name)
