@@ -34,7 +34,7 @@ def compact(path: Path, dry_run: bool = False) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--dry-run", action="store_true", help="check and measure, write nothing")
     args = parser.parse_args()

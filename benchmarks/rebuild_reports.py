@@ -57,7 +57,7 @@ def rebuild(grid: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grids", nargs="*", metavar="GRID", help="grids to rebuild (default: every one with records)")
     recorded = [grid for grid in GRIDS if any((DOCS_BENCH / grid).glob("*.json"))]
     grids = parser.parse_args().grids or recorded

@@ -112,7 +112,7 @@ def run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, deadline: dt.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", choices=sorted(GRIDS))
     parser.add_argument("--methods", required=True, help="comma-separated, e.g. lognormal-edm,adaptive")
     parser.add_argument("--schedules", default="linear", help="comma-separated (ignored by a flow grid)")

@@ -22,7 +22,7 @@ from timestep_sampling.errors import UserError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", type=Path, help="the long runs' records, given the scores")
     parser.add_argument("prefixes", type=Path, help="the records of the shorter runs of the same cells")
     parser.add_argument("--metrics", default="fd_ddpm", help="comma-separated scores to copy (default fd_ddpm)")

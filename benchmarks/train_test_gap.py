@@ -54,7 +54,8 @@ def gap(checkpoint: str, exact: bool = False, images: int | None = None, edges=B
 
 def lines(r: dict) -> list[str]:
     out = [f"{r['checkpoint']} (step {r['step']}, {r['method']}, {'exact' if r['exact'] else 'estimate'}): "
-           f"{r['images']} images each: test {r['test']['bpd']:.3f}, train {r['train']['bpd']:.3f}, gap {r['test']['bpd'] - r['train']['bpd']:+.3f}"]
+           f"{r['images']} images each: test {r['test']['bpd']:.3f}, train {r['train']['bpd']:.3f}, "
+           f"gap {r['test']['bpd'] - r['train']['bpd']:+.3f}"]
     for band in r["test"]["bands"]:
         test, train = r["test"]["bands"][band], r["train"]["bands"][band]
         out.append(f"  t in {band:<11} test {test:.3f}  train {train:.3f}  gap {test - train:+.3f}")
@@ -62,7 +63,7 @@ def lines(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders (or run folders: their latest)")
     parser.add_argument("--exact", action="store_true", help="all T terms instead of the stratified estimate")
     parser.add_argument("--images", type=int, help="the first N images of each split (default: the whole test split)")
