@@ -649,10 +649,10 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     # few ODE steps and test images, so that three flow runs take seconds
     objective = "flow:eval_images=8,eval_steps=1,final_steps=2,probes=1"
     settings = tiny_settings(tmp_path / "a", schedules=None, objective=objective, records=str(records),
-                             methods=f"flow-uniform,{learned},{learned}-final")
+                             methods=f"flow-uniform,flow-logit-normal,{learned},{learned}-final")
     assert settings.samplers == ("euler", "heun")  # a flow's FD: Euler's and Heun's samples
     result = bench.run_bench(settings)
-    assert result["trained"] == 3
+    assert result["trained"] == 4
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert {r["schedule"] for r in results["records"]} == {"flow"}
     final = [r for r in results["records"] if r["step"] == 10]
@@ -668,6 +668,10 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     report = (tmp_path / "a" / "report.md").read_text()
     assert "Paired comparison with flow-uniform" in report and "probability-flow ODE" in report
     assert "Euler, 3 steps" in report and "Heun, 3 steps" in report
+    # the flow's strongest heuristic is SD3's default sampler, not Min-SNR
+    assert "## Paired comparison with flow-logit-normal, SD3's default" in report and "min-snr" not in report
+    assert re.search(r"- \*\*flow\*\*, FD of Euler samples .* Beats flow-logit-normal at the final checkpoint\? "
+                     r"\*\*(yes|no)", report)
 
 
 def test_flow_bench_refuses_mixed_kinds(tmp_path):

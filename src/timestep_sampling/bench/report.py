@@ -10,8 +10,9 @@ import numpy as np
 
 from .records import run_name
 from .settings import BenchSettings
-from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, LEARNED_CONTROLS, QUALITY_METRICS,
-                    STRONGEST_HEURISTIC, metrics_in, rising_curves, schedule_answers, train_test_gaps)
+from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, FLOW_STRONGEST_HEURISTIC, HEURISTIC_WORDS,
+                    LEARNED_CONTROLS, QUALITY_METRICS, STRONGEST_HEURISTIC, metrics_in, rising_curves,
+                    schedule_answers, train_test_gaps)
 
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
@@ -266,7 +267,7 @@ def _delta_words(row: dict, digits: int) -> str:
             f"({_per_seed(row, digits)}): {row['verdict']}")
 
 
-def answer_lines(answers: list[dict], baseline: str = BASELINE) -> list[str]:
+def answer_lines(answers: list[dict], baseline: str = BASELINE, heuristic: str = STRONGEST_HEURISTIC) -> list[str]:
     """One sentence per schedule and score from stats.schedule_answers: the half-steps question and the
     strongest-heuristic question, each "yes" with the configurations that pass or "no" with the closest."""
     lines = []
@@ -289,7 +290,7 @@ def answer_lines(answers: list[dict], baseline: str = BASELINE) -> list[str]:
                 versus = "**yes**: " + "; ".join(_delta_words(r, d) for r in a["heuristic_yes"])
             else:
                 versus = f"**no** (closest: {_delta_words(a['heuristic_closest'], d)})"
-            text += f" Beats {STRONGEST_HEURISTIC} at the final checkpoint? {versus}."
+            text += f" Beats {heuristic} at the final checkpoint? {versus}."
         lines.append(text)
     return lines
 
@@ -367,6 +368,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     s = settings
     flow = s.flow
     baseline = FLOW_BASELINE if flow else BASELINE
+    strongest = FLOW_STRONGEST_HEURISTIC if flow else STRONGEST_HEURISTIC
     learned_controls = sorted({c for learned, cs in LEARNED_CONTROLS.items() if (learned == FLOW_LEARNED) == flow
                                for c in cs})
     if flow:
@@ -460,7 +462,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"For each sample-quality score, from the half-steps and paired tables below: a learned "
                   f"configuration (adaptive…, not its frozen or final controls) answers *yes* only when its verdict "
                   f"is *better beyond seed spread*; Δ is its score − the other's per seed.", ""]
-        lines += answer_lines(answers, baseline) + [""]
+        lines += answer_lines(answers, baseline, strongest) + [""]
     for metric in quality:
         lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
                   table1(summary, metric, s)]
@@ -481,10 +483,9 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     for metric in ["test_bpd"] + quality:
         lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(paired, metric, baseline)]
     if heuristic:
-        lines += [f"## Paired comparison with {STRONGEST_HEURISTIC}, the paper's strongest heuristic (final checkpoint)",
-                  ""]
+        lines += [f"## Paired comparison with {strongest}, {HEURISTIC_WORDS[strongest]} (final checkpoint)", ""]
         for metric in ["test_bpd"] + quality:
-            lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(heuristic, metric, STRONGEST_HEURISTIC)]
+            lines += [f"### {METRIC_LABELS[metric]}", "", paired_table(heuristic, metric, strongest)]
     lines += ["## The learned sampler against its controls (paired, final checkpoint)", "",
               "Δ = learned sampler (method) − control (vs), same seed. A gain that a control shares is "
               "not learning.", ""]

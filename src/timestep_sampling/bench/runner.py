@@ -21,8 +21,8 @@ from .records import code_version, current_records, provenance, read_record, run
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
-from .stats import (BASELINE, FLOW_BASELINE, STRONGEST_HEURISTIC, half_budget_comparison, learned_vs_controls,
-                    metrics_in, paired_comparison, summarize, time_to_quality)
+from .stats import (BASELINE, FLOW_BASELINE, FLOW_STRONGEST_HEURISTIC, STRONGEST_HEURISTIC, half_budget_comparison,
+                    learned_vs_controls, metrics_in, paired_comparison, summarize, time_to_quality)
 from .tracks import density_tracks, frozen_final_method, sampler_summary
 
 
@@ -239,6 +239,7 @@ def run_bench(settings: BenchSettings) -> dict:
 
     summary = summarize(records)
     baseline = FLOW_BASELINE if settings.flow else BASELINE
+    strongest = FLOW_STRONGEST_HEURISTIC if settings.flow else STRONGEST_HEURISTIC
     ttq, paired, controls, half, heuristic = [], [], [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":
@@ -247,8 +248,7 @@ def run_bench(settings: BenchSettings) -> dict:
         if metric != "test_bpd_estimate":
             paired += paired_comparison(records, metric, baseline)
             controls += learned_vs_controls(records, metric)
-            if not settings.flow:
-                heuristic += paired_comparison(records, metric, STRONGEST_HEURISTIC)
+            heuristic += paired_comparison(records, metric, strongest)
     tracks = density_tracks(settings)
     plots = [plot_curves(records, m, out / f"curves_{m}.png")
              for m in metrics_in(records) if m != "test_bpd"]

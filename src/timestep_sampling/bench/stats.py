@@ -14,6 +14,9 @@ BASELINE = "uniform"
 FLOW_BASELINE = "flow-uniform"
 # The paper's strongest heuristic (its Table 1, on linear and cosine): every DDPM method is also compared with it.
 STRONGEST_HEURISTIC = "min-snr"
+# For rectified flow, SD3's default sampler (logit-normal, best overall in SD3's own comparison of samplers).
+FLOW_STRONGEST_HEURISTIC = "flow-logit-normal"
+HEURISTIC_WORDS = {STRONGEST_HEURISTIC: "the paper's strongest heuristic", FLOW_STRONGEST_HEURISTIC: "SD3's default"}
 
 def _mean_std(values) -> tuple[float | None, float | None, int]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
