@@ -190,14 +190,16 @@ def test_paired_comparison_pairs_by_seed_at_the_final_step():
 def test_each_learned_sampler_is_paired_with_its_own_controls_only():
     curves = {(m, seed): [6, v + seed] for seed in (0, 1) for m, v in
               [("uniform", 3.0), ("adaptive", 2.8), ("adaptive-unbiased", 2.9), ("adaptive-frozen", 3.0),
-               ("adaptive-mix", 2.8), ("adaptive-unbiased-final", 2.95)]}
+               ("adaptive-mix", 2.8), ("adaptive-unbiased-final", 2.95), ("min-snr", 3.5), ("adaptive-min-snr", 3.25)]}
     rows = bench_stats.learned_vs_controls(records_from(curves), "test_bpd")
     pairs = {(r["method"], r["baseline"]): r["mean_diff"] for r in rows}
     # the importance sampler against its frozen start, against uniform, whose objective it trains, and against
-    # its own end fixed from step 0; adaptive against its frozen copy; adaptive-mix has no controls named
+    # its own end fixed from step 0; adaptive against its frozen copy; the Min-SNR-credited sampler against
+    # Min-SNR with uniform t, not against uniform's objective; adaptive-mix has no controls named
     assert pairs == pytest.approx({("adaptive", "adaptive-frozen"): -0.2, ("adaptive-unbiased", "adaptive-frozen"): -0.1,
                                    ("adaptive-unbiased", "uniform"): -0.1,
-                                   ("adaptive-unbiased", "adaptive-unbiased-final"): -0.05})
+                                   ("adaptive-unbiased", "adaptive-unbiased-final"): -0.05,
+                                   ("adaptive-min-snr", "min-snr"): -0.25})
 
 
 def test_half_budget_compares_each_method_at_half_the_steps_with_the_baselines_final_score():
@@ -669,7 +671,8 @@ def test_flow_grid_end_to_end_with_records_and_final_beta(tmp_path):
     assert "Paired comparison with flow-uniform" in report and "probability-flow ODE" in report
     assert "Euler, 3 steps" in report and "Heun, 3 steps" in report
     # the flow's strongest heuristic is SD3's default sampler, not Min-SNR
-    assert "## Paired comparison with flow-logit-normal, SD3's default" in report and "min-snr" not in report
+    assert "## Paired comparison with flow-logit-normal, SD3's default" in report
+    assert "Paired comparison with min-snr" not in report and "Beats min-snr" not in report
     assert re.search(r"- \*\*flow\*\*, FD of Euler samples .* Beats flow-logit-normal at the final checkpoint\? "
                      r"\*\*(yes|no)", report)
 

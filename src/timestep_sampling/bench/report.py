@@ -10,7 +10,7 @@ import numpy as np
 
 from .records import run_name
 from .settings import BenchSettings
-from .stats import (BASELINE, FLOW_BASELINE, FLOW_LEARNED, FLOW_STRONGEST_HEURISTIC, HEURISTIC_WORDS,
+from .stats import (BASELINE, FLOW_BASELINE, FLOW_STRONGEST_HEURISTIC, HEURISTIC_WORDS,
                     LEARNED_CONTROLS, QUALITY_METRICS, STRONGEST_HEURISTIC, metrics_in, rising_curves,
                     schedule_answers, train_test_gaps)
 
@@ -369,7 +369,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     flow = s.flow
     baseline = FLOW_BASELINE if flow else BASELINE
     strongest = FLOW_STRONGEST_HEURISTIC if flow else STRONGEST_HEURISTIC
-    learned_controls = sorted({c for learned, cs in LEARNED_CONTROLS.items() if (learned == FLOW_LEARNED) == flow
+    learned_controls = sorted({c for learned, cs in LEARNED_CONTROLS.items() if learned.startswith("flow-") == flow
                                for c in cs})
     if flow:
         bpd_line = ("- **Test bits/dim**: the likelihood of the probability-flow ODE (RK4, Hutchinson's trace, data "

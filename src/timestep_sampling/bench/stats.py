@@ -260,8 +260,12 @@ FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final"
 # where it ends.
 UNBIASED_CONTROLS = ("adaptive-frozen", "uniform", "adaptive-unbiased-final")
 
+# A sampler that credits the objective it trains (Min-SNR weighting) is judged against that weighting with
+# uniform t, which stands for its frozen copy: both Betas start near uniform (the flow's at Beta(0.974, 0.974);
+# the DDPM's frozen copy ends level with uniform).
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
-                    FLOW_LEARNED: FLOW_CONTROLS}
+                    "adaptive-min-snr": ("min-snr",), FLOW_LEARNED: FLOW_CONTROLS,
+                    "flow-adaptive-min-snr": ("flow-min-snr",)}
 
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
