@@ -447,12 +447,12 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     gaps = train_test_gaps(records)
     if gaps:
         lines += ["### The bound on training images at the last checkpoint", "",
-                  "The same estimate (same timesteps, noise and number of images) on training images: the "
-                  "whole test split against as many training images for a DDPM, the first "
-                  "`eval_images` of each for a flow (64 by default). The model has seen those images: a test bound well above "
-                  "theirs is a model fitting its training set, and a rising test bound with a wide gap is "
-                  "overfitting rather than a worse sampler. Two sets of images differ by themselves too, the more so "
-                  "the fewer they are: read a gap against uniform's at the same step, not against zero. "
+                  "The same estimate (same timesteps, noise and number of images) on training images: the whole "
+                  "test split against as many training images for a DDPM, the first `eval_images` of each for a "
+                  "flow (64 by default). The model has seen those images: a test bound well above theirs is a "
+                  "model fitting its training set, and a rising test bound with a wide gap is overfitting rather "
+                  "than a worse sampler. Two sets of images differ by themselves too, the more so the fewer they "
+                  "are: read a gap against uniform's at the same step, not against zero. "
                   "Records made before this was measured are not in the table.", "", gap_table(gaps)]
     if quality:
         lines += ["## Sample quality at checkpoints, beside bits/dim (the paper's Table 1 in shape)", "",
