@@ -232,7 +232,8 @@ def gap_table(rows: list[dict]) -> str:
         steps = sorted(set(r["steps"]))
         lines.append(f"| {r['schedule']} | {r['method']} | {', '.join(map(str, steps))} | "
                      f"{', '.join(_fmt(v, 3) for v in r['train'])} | {', '.join(_fmt(v, 3) for v in r['test'])} | "
-                     f"{', '.join(f'{v:+.3f}' for v in r['gaps'])} | {_fmt(r['mean_gap'], 3)} ± {_fmt(r['sd_gap'], 3)} |")
+                     f"{', '.join(f'{v:+.3f}' for v in r['gaps'])} | "
+                     f"{_fmt(r['mean_gap'], 3)} ± {_fmt(r['sd_gap'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
