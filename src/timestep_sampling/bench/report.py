@@ -10,9 +10,8 @@ import numpy as np
 
 from .records import run_name
 from .settings import BenchSettings
-from .stats import (BASELINE, FLOW_BASELINE, FLOW_STRONGEST_HEURISTIC, HEURISTIC_WORDS,
-                    LEARNED_CONTROLS, QUALITY_METRICS, STRONGEST_HEURISTIC, metrics_in, rising_curves,
-                    schedule_answers, train_test_gaps)
+from .stats import (BASELINE, HEURISTIC_WORDS, LEARNED_CONTROLS, QUALITY_METRICS, STRONGEST_HEURISTIC, metrics_in,
+                    references, rising_curves, schedule_answers, train_test_gaps)
 
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
@@ -368,8 +367,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     quality = [m for m in QUALITY_METRICS if m in metrics]
     s = settings
     flow = s.flow
-    baseline = FLOW_BASELINE if flow else BASELINE
-    strongest = FLOW_STRONGEST_HEURISTIC if flow else STRONGEST_HEURISTIC
+    baseline, strongest = references(flow)
     learned_controls = sorted({c for learned, cs in LEARNED_CONTROLS.items() if learned.startswith("flow-") == flow
                                for c in cs})
     if flow:

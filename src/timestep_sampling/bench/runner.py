@@ -21,8 +21,8 @@ from .records import code_version, current_records, provenance, read_record, run
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
-from .stats import (BASELINE, FLOW_BASELINE, FLOW_STRONGEST_HEURISTIC, STRONGEST_HEURISTIC, half_budget_comparison,
-                    learned_vs_controls, metrics_in, paired_comparison, summarize, time_to_quality)
+from .stats import (half_budget_comparison, learned_vs_controls, metrics_in, paired_comparison, references, summarize,
+                    time_to_quality)
 from .tracks import density_tracks, frozen_final_method, sampler_summary
 
 
@@ -238,8 +238,7 @@ def run_bench(settings: BenchSettings) -> dict:
         records = [e for r in current_records(settings, say=bar.write) for e in r["evals"]]
 
     summary = summarize(records)
-    baseline = FLOW_BASELINE if settings.flow else BASELINE
-    strongest = FLOW_STRONGEST_HEURISTIC if settings.flow else STRONGEST_HEURISTIC
+    baseline, strongest = references(settings.flow)
     ttq, paired, controls, half, heuristic = [], [], [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":

@@ -125,17 +125,14 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
                 cache[scorer.metric(sampler)]["seconds"][str(step)] = sample_seconds + time.perf_counter() - start
             write_json(path, cache)
     final = evals.get(cfg.steps)
-    if final is not None and bpd_kind(final) == "exact" and "final_estimate" not in cache:
-        if cfg.steps in checkpoints:
+    due = {"final_estimate": "test"} if final is not None and bpd_kind(final) == "exact" else {}
+    due["final_train_estimate"] = "train"
+    for key, split in due.items():
+        if key not in cache and cfg.steps in checkpoints:
             start = time.perf_counter()
-            value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device)
-            cache["final_estimate"] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
+            value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device, split=split)
+            cache[key] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
             write_json(path, cache)
-    if cfg.steps in checkpoints and "final_train_estimate" not in cache:
-        start = time.perf_counter()
-        value = estimate_checkpoint(checkpoints[cfg.steps], cfg, device, split="train")
-        cache["final_train_estimate"] = {"step": cfg.steps, "value": value, "seconds": time.perf_counter() - start}
-        write_json(path, cache)
     write_json(path, cache)
     if not settings.keep_checkpoints:
         for step, ckpt in checkpoints.items():

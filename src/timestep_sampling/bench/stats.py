@@ -18,6 +18,12 @@ STRONGEST_HEURISTIC = "min-snr"
 FLOW_STRONGEST_HEURISTIC = "flow-logit-normal"
 HEURISTIC_WORDS = {STRONGEST_HEURISTIC: "the paper's strongest heuristic", FLOW_STRONGEST_HEURISTIC: "SD3's default"}
 
+
+def references(flow: bool) -> tuple[str, str]:
+    """The methods a grid compares every method with: its baseline and its strongest heuristic."""
+    return (FLOW_BASELINE, FLOW_STRONGEST_HEURISTIC) if flow else (BASELINE, STRONGEST_HEURISTIC)
+
+
 def _mean_std(values) -> tuple[float | None, float | None, int]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
