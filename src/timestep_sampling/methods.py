@@ -35,6 +35,9 @@ PRESETS: dict[str, tuple[str, str]] = {
     # an importance sampler: the training objective stays the uniform-t loss (weights 1/(T p_t), floored at
     # 30 % uniform so no weight exceeds 3.3), the sampler only changes how fast it is lowered
     "adaptive-unbiased": ("adaptive:unbiased=True,uniform_mix=0.3,credit_target=objective", "none"),
+    # an importance sampler whose Beta learns to lower the variance of the loss estimate (fixed point p_t ∝
+    # RMS of the loss at t, loss-second-moment's rule, as a smooth Beta), with a 5 % floor (weights at most 20)
+    "adaptive-variance": ("adaptive:reward=variance,unbiased=True,uniform_mix=0.05", "none"),
     "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),

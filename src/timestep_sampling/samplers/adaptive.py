@@ -61,7 +61,7 @@ from scipy.stats import beta as beta_distribution
 from torch import nn
 
 from .. import distributed
-from ..diffusion import predict_eps, q_sample, vlb_terms_from_eps
+from ..diffusion import mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
@@ -73,7 +73,7 @@ from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
 MAPPINGS = ("round", "even")
-REWARDS = ("credit", "paper")
+REWARDS = ("credit", "paper", "variance")
 BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
 # Defaults that depend on the reward. The paper's: K = 40, Adam 1e-2 (linear, quad) or 1e-3 (cosine). The
 # credit's advantages are standardised per update, so one learning rate serves every schedule. With an
@@ -84,7 +84,7 @@ CREDIT_LR = 3e-2
 
 
 def _default_lr(reward: str, schedule: NoiseSchedule) -> float:
-    if reward == "credit":
+    if reward != "paper":
         return CREDIT_LR
     return 1e-3 if schedule.name == "cosine" else 1e-2
 
@@ -172,7 +172,10 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
     On K − 1 of every K steps `observe` only counts. Options:
       reward          "credit" (default): each sample's first-order credit for its own timestep (credit.py),
                       standardised over the batch; "paper": eq. 14 as published, the faithful control,
-                      whose reward carries almost no information about the sample's timestep (METHOD.md §7).
+                      whose reward carries almost no information about the sample's timestep (METHOD.md §7);
+                      "variance" (needs unbiased=True): an importance sampler that lowers the variance of the
+                      loop's loss estimate instead (see _loss_spread); its fixed point is p_t ∝ w_t·RMS(loss_t),
+                      the rule of `loss-second-moment`, within the Beta family.
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
       credit_target   what the credit is the derivative of: "bound" (default: the variational bound),
                       "loss" (the simple ε-loss under uniform t, which sample quality follows more closely),
@@ -222,6 +225,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
                  credit_delta: float = 0.0, uniform_mix: float = 0.0, credit_target: str = "bound"):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
+        require(reward != "variance" or (unbiased and not conditioned),
+                "reward='variance' lowers the variance of an unbiased estimate: it needs unbiased=True and one "
+                "global Beta (conditioned=False)")
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
         self.credit_delta = check_credit_delta(credit_delta)
@@ -232,7 +238,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         T = self.T
         self.lr = _default_lr(reward, schedule) if lr is None else _nonnegative(lr, "lr")
         if update_every is None:
-            update_every = CREDIT_K if reward == "credit" else PAPER_K
+            update_every = PAPER_K if reward == "paper" else CREDIT_K
         self.update_every = _positive_int(update_every, "update_every")
         self.queue_size = _positive_int(queue_size, "queue_size", 2)
         self.subset_size = _positive_int(subset_size, "subset_size")
@@ -399,8 +405,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
             yield
             self.step += 1
             return
-        if self.reward == "credit":
-            policy_input, u, credit = self._credit(model, x0, optimizer)
+        if self.reward != "paper":
+            signal = self._credit if self.reward == "credit" else self._loss_spread
+            policy_input, u, credit = signal(model, x0, optimizer)
             yield
             self._learn_from_credit(policy_input, u, credit)
         else:
@@ -431,6 +438,26 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                                     variance=self.variance, target=self.credit_target, weighting=self.loss_weighting,
                                     loss_weights=weights)
         return policy_input, u, credit
+
+    def _loss_spread(self, model, x0: torch.Tensor, optimizer=None) -> tuple:
+        """r_b = (w_b·λ_b·ℓ_b)²: each sample's share of the second moment of the loop's loss estimate, with ℓ_b
+        its ε-MSE (fresh noise, eval mode, no autograd), λ_b the loop's loss weight and w_b = 1/(T·p_b).
+
+        Why this reward: the estimate Σ_b w_b λ_b ℓ_b / B is unbiased for every p, so only its variance depends
+        on p, through V(p) = Σ_t λ_t² E[ℓ_t²] / (T² p_t). Its likelihood-ratio gradient is
+        ∇V = −E_{t~p}[ (w_t λ_t ℓ_t)² ∇log p_t ], so raising log p where r_b is large lowers V; standardised
+        over the batch, r_b is the advantage the credit's policy step takes. The optimum p_t ∝ λ_t·RMS(ℓ_t)
+        is improved DDPM's importance-sampling rule (`loss-second-moment`): this learns it as a smooth Beta
+        instead of a table of the last losses of every t."""
+        policy_input, u = self._take_last_sample(x0)
+        t = u_to_t(u, self.T, self.mapping).to(x0.device)
+        noise = torch.randn(x0.shape, generator=self._stream(_BATCH_NOISE, distributed.rank())).to(x0)
+        with torch.no_grad(), eval_mode(model):
+            losses = mse_per_sample(unwrap(model), self.schedule, x0.detach(), t, noise).double().cpu()
+        weights = self.importance_weights(t.cpu()).double()
+        if self.loss_weighting is not None:
+            weights = weights * self.loss_weighting.weights(t).double().cpu()
+        return policy_input, u, (weights * losses) ** 2
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
         """A CPU generator for one random stream at one index (default: this update), the same on every rank
@@ -584,6 +611,10 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
+        if self.reward == "variance":
+            mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
+            return (f"AdaptiveSampler(T={self.T}, reward='variance', lr={self.lr}, K={self.update_every}{mix}, "
+                    f"unbiased=True, mapping={self.mapping!r})")
         if self.reward == "credit":
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
             # a frozen policy (lr = 0) never uses its credit: what it trains does not depend on how it is taken

@@ -1,0 +1,103 @@
+"""reward="variance": the learned Beta as an importance sampler that lowers the variance of the loop's
+unbiased loss estimate, on problems whose optimum is known (p_t ∝ λ_t·RMS(ℓ_t))."""
+import pytest
+import torch
+from torch import nn
+
+from timestep_sampling import NoiseSchedule, UserError, make_method, make_sampler
+from timestep_sampling.diffusion import mse_per_sample
+
+SCHEDULE = NoiseSchedule("linear", T=200)
+
+
+class ScaledInput(nn.Module):
+    """ε̂ = s·x_t. With s = 1 the ε-MSE is ≈ 1 + x0² at small t and → 0 at large t (so the variance-optimal
+    p_t leans on small t); with s = 0 it is ‖ε‖², the same at every t (so uniform is optimal)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, xt, t):
+        return self.scale * xt
+
+
+def second_moment(model, pmf, weights=None, n=64):
+    """V(p) = Σ_t λ_t² E[ℓ_t²] / (T² p_t): the second moment of one draw of the importance-weighted loss,
+    E[ℓ_t²] by Monte Carlo on fixed noise at every t."""
+    T = SCHEDULE.T
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.ones(n, 1, 2, 2)
+    with torch.no_grad():
+        moments = torch.stack([mse_per_sample(model, SCHEDULE, x0, torch.full((n,), t), torch.randn(x0.shape, generator=g))
+                               .double().square().mean() for t in range(T)])
+    lam = torch.ones(T, dtype=torch.float64) if weights is None else weights.weights(torch.arange(T)).double()
+    return float((lam.square() * moments / (T ** 2 * pmf)).sum()), moments
+
+
+def learn(model, updates=150, weighting=None):
+    sampler = make_sampler("adaptive:reward=variance,unbiased=True,uniform_mix=0.05", SCHEDULE, update_every=1,
+                           lr=0.05, seed=0)
+    if weighting is not None:
+        sampler.pair_weighting(weighting)
+    x0 = torch.ones(64, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(updates):
+        sampler.sample(len(x0), generator=g)
+        with sampler.observe(model, x0):
+            pass  # the model is fixed: only the sampler learns where the loss is spread
+    assert sampler.skipped_updates == 0 and sampler.updates == updates
+    return sampler
+
+
+def test_it_moves_to_where_the_loss_is_large_and_lowers_the_estimates_variance():
+    model = ScaledInput(1.0)
+    sampler = learn(model)
+    start = make_sampler("adaptive:reward=variance,unbiased=True,uniform_mix=0.05", SCHEDULE).probabilities()
+    pmf = sampler.probabilities()
+    before, moments = second_moment(model, start)
+    after, _ = second_moment(model, pmf)
+    best = float(moments.sqrt().sum() ** 2 / SCHEDULE.T ** 2)  # V at p ∝ RMS(ℓ_t), the optimum
+    assert pmf[:SCHEDULE.T // 2].sum() > start[:SCHEDULE.T // 2].sum() + 0.15
+    assert after < before - 0.5 * (before - best), (before, after, best)
+
+
+def test_a_loss_spread_evenly_keeps_it_near_uniform():
+    sampler = learn(ScaledInput(0.0))
+    assert abs(float(sampler.probabilities()[:SCHEDULE.T // 2].sum()) - 0.5) < 0.05
+
+
+def test_the_loops_weighting_enters_the_variance():
+    """With a weighting that is zero on the upper half of t, only the lower half's loss counts: the sampler
+    leaves the upper half to its floor even where the plain loss there is large (ε̂ = 0: a flat ε-MSE)."""
+    class LowerHalf:
+        def weights(self, t):
+            return (t < SCHEDULE.T // 2).float()
+    sampler = learn(ScaledInput(0.0), weighting=LowerHalf())
+    assert float(sampler.probabilities()[:SCHEDULE.T // 2].sum()) > 0.7
+
+
+def test_it_is_an_unbiased_global_sampler_and_says_so():
+    for spec in ["adaptive:reward=variance", "adaptive:reward=variance,unbiased=True,conditioned=True"]:
+        with pytest.raises(UserError, match="unbiased=True"):
+            make_sampler(spec, SCHEDULE)
+    sampler, _ = make_method("adaptive-variance", SCHEDULE)
+    assert sampler.unbiased and "reward='variance'" in repr(sampler)
+    t, w = sampler.sample(8)
+    assert torch.allclose(w, 1 / (SCHEDULE.T * sampler.probabilities()[t]).float())
+
+
+def test_it_learns_in_a_drop_in_loop_with_a_plain_callable_model():
+    net = ScaledInput(1.0)
+    model = lambda x, t: net(x, t)  # noqa: E731: any callable, as the README promises
+    sampler, weighting = make_method("adaptive-variance", SCHEDULE, update_every=1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x0 = torch.ones(16, 1, 2, 2)
+    for _ in range(3):
+        t, w = sampler.sample(len(x0))
+        with sampler.observe(model, x0, optimizer=opt):
+            loss = (w * weighting.weights(t) * mse_per_sample(model, SCHEDULE, x0, t)).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert sampler.updates == 3 and sampler.skipped_updates == 0
