@@ -290,7 +290,17 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
                                              bench_stats.paired_comparison(slow, metric, "min-snr"), [], [metric])
     (line,) = bench_report.answer_lines([answer])
     assert "**no** (closest: `adaptive` Δ +0.000 (+0.100, -0.100): no consistent difference at step 200)" in line
-    assert "Beats min-snr at the final checkpoint? **no**" in line
+    assert "Beats min-snr at the final checkpoint? **no**" in line and "stopped improving" not in line
+
+    # uniform itself is at its final score by half its steps: the "no" says the test cannot show a speed-up
+    flat = records_from({("uniform", 0): [6, 5, 2.1, 2, 2.0], ("uniform", 1): [6, 5, 2.1, 2, 2.2],
+                         ("adaptive", 0): [6, 5, 2.1, 2, 2.0], ("adaptive", 1): [6, 5, 2.3, 2, 2.3]})
+    (answer,) = bench_stats.schedule_answers(bench_stats.half_budget_comparison(flat, metric), [], [], [metric])
+    assert answer["plateau"]["method"] == "uniform" and answer["half_yes"] == []
+    (line,) = bench_report.answer_lines([answer])
+    assert ("**no** (closest: `adaptive` Δ +0.100 (+0.100, +0.100): worse on every seed (paired), within seed "
+            "spread at step 200) (but uniform itself is level with its final score at step 200, Δ +0.000 "
+            "(+0.100, -0.100): this score had stopped improving by half the steps") in line
 
 
 def test_checkpoint_table_leaves_out_a_method_a_schedule_did_not_run(tmp_path):

@@ -283,6 +283,11 @@ def answer_lines(answers: list[dict], baseline: str = BASELINE, heuristic: str =
         if a["half_worse_bpd"]:
             half += (f"; as fast but with final bits/dim worse than {baseline}'s, so not a yes: "
                      + ", ".join(f"`{m}`" for m in a["half_worse_bpd"]))
+        if a.get("plateau"):
+            r = a["plateau"]
+            half += (f" (but {baseline} itself is level with its final score at step {r['step']}, Δ "
+                     f"{r['mean_diff']:+.{d}f} ({_per_seed(r, d)}): this score had stopped improving by half the "
+                     f"steps, so the test cannot show a speed-up here)")
         text = (f"- **{a['schedule']}**, {METRIC_LABELS[a['metric']]}: reaches {baseline}'s final score in half "
                 f"its steps, beyond the seed spread, bits/dim no worse? {half}.")
         if a["has_heuristic"]:
@@ -458,7 +463,7 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"Mean ± std over seeds; lower is better; best per column in bold. FD floor (real against real, "
                   f"the same sizes): {_fmt(classifier.get('floor_fd'), 1)}.", "",
                   checkpoint_table(summary, records, quality, s)]
-    answers = schedule_answers(half, heuristic, paired, quality)
+    answers = schedule_answers(half, heuristic, paired, quality, baseline)
     if answers:
         lines += ["## Does the learned sampler speed up samples? One sentence per schedule", "",
                   f"For each sample-quality score, from the half-steps and paired tables below: a learned "

@@ -288,12 +288,15 @@ def is_learned(method: str) -> bool:
     return method.startswith(("adaptive", "flow-adaptive")) and not method.endswith(("-frozen", FINAL_SUFFIX))
 
 
-def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict], metrics: list[str]) -> list[dict]:
+def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict], metrics: list[str],
+                     baseline: str = BASELINE) -> list[dict]:
     """The two questions a user asks of the learned sampler, per schedule and then per score: does a learned
     configuration reach the baseline's final score in at most half its steps, beyond the seed spread, with
     final bits/dim no worse than the baseline's (`half_yes`)? Does one beat the strongest heuristic at the
     final checkpoint beyond the seed spread (`heuristic_yes`)? Each answer keeps its closest candidate (the
-    learned row with the lowest mean Δ) so that a "no" can say how far off it is."""
+    learned row with the lowest mean Δ) so that a "no" can say how far off it is. `plateau` is the baseline's
+    own half-steps row when it is NOT worse than its final score: the score had stopped improving by half the
+    steps, so no method can show a speed-up against that final score, and a "no" then says nothing."""
     def closest(rows):
         rows = [r for r in rows if r["mean_diff"] is not None]
         return min(rows, key=lambda r: r["mean_diff"]) if rows else None
@@ -308,11 +311,14 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
             if not mine and not versus:
                 continue
             fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
+            own = next((r for r in half if r["schedule"] == schedule and r["metric"] == metric
+                        and r["method"] == baseline), None)
             answers.append({
                 "schedule": schedule, "metric": metric,
                 "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
                 "half_worse_bpd": sorted(r["method"] for r in fast if (schedule, r["method"]) in worse_bpd),
                 "half_closest": closest(mine),
                 "heuristic_yes": [r for r in versus if r["verdict"] == "better beyond seed spread"],
-                "heuristic_closest": closest(versus), "has_heuristic": bool(versus)})
+                "heuristic_closest": closest(versus), "has_heuristic": bool(versus),
+                "plateau": own if own and own["mean_diff"] is not None and not own["verdict"].startswith("worse") else None})
     return answers
