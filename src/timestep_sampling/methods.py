@@ -89,6 +89,9 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
     "flow-beta-0.95": ("flow-beta:a=0.95,b=0.95", "flow-none"),
     "flow-adaptive-coarse": ("flow-adaptive:credit_delta=1e-3", "flow-none"),  # as adaptive-coarse
+    # the importance sampler that learns to lower the variance of the velocity loss, as adaptive-variance (not
+    # offered until measured on a flow grid)
+    "flow-adaptive-variance": ("flow-adaptive:reward=variance,unbiased=True,uniform_mix=0.05", "flow-none"),
 }
 
 METHODS: dict[str, tuple[str, str]] = {**PRESETS, **ABLATIONS}  # every name make_method reads

@@ -26,7 +26,8 @@ from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS, check_batch_size, check_state
 from .continuous import EPS, ContinuousTimeSampler
-from .credit import LEGACY_DELTA, check_credit_delta, check_credit_target, flow_first_order_credit, loop_weights, target_name
+from .credit import (LEGACY_DELTA, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
+                     loop_weights, target_name, unwrap)
 from .fixed import check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -54,15 +55,21 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
     credit_delta (0: exact, as the adaptive sampler's), credit_target ("bound", the flow's ELBO; "loss", the
     velocity loss under uniform t; "objective", the weighted one the loop trains, ∫ w(t)‖v − v̂‖² dt with the
     weighting make_method pairs it with; or a flow weighting itself), t_min (1e-3), timestep_scale (the model's
-    conditioning is t·scale; 1000, as diffusers' flow schedulers and the trainer), seed, unbiased."""
+    conditioning is t·scale; 1000, as diffusers' flow schedulers and the trainer), seed, unbiased, reward
+    ("credit", or "variance" with unbiased=True: learn to lower the variance of the loop's loss estimate
+    instead, as the discrete sampler's reward="variance"; its optimum is p(t) ∝ w(t)·RMS(‖v − v̂‖²) at t)."""
 
     name = "flow-adaptive"
 
     def __init__(self, schedule=None, lr: float = 3e-2, update_every: int = 20, entropy_coef: float = 1e-2,
                  grad_clip: float | None = 1.0, uniform_mix: float = 0.0, credit_strata: int = 64,
                  credit_delta: float = 0.0, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
-                 seed: int = 0, unbiased: bool = False, credit_target="bound"):
+                 seed: int = 0, unbiased: bool = False, credit_target="bound", reward: str = "credit"):
         super().__init__(schedule, unbiased=unbiased)
+        require(reward in ("credit", "variance"), f"unknown reward {reward!r}; valid choices: credit, variance")
+        require(reward != "variance" or self.unbiased,
+                "reward='variance' lowers the variance of an unbiased estimate: it needs unbiased=True")
+        self.reward = reward
         self.credit_target = check_credit_target(credit_target, continuous=True)
         self.lr = check_real("lr", lr)
         require(self.lr >= 0, f"option lr must be >= 0, got {lr!r}")
@@ -144,6 +151,12 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                 f"last sample() drew {len(t)} times")
         self._last_sample = None
         t_batch = t.to(device=x0.device, dtype=x0.dtype)
+        if self.reward == "variance":
+            spread = self._loss_spread(model, x0, t, t_batch)
+            yield
+            self._learn_from_credit(None, t.double(), spread)
+            self.step += 1
+            return
         weights = loop_weights(self.credit_target, self.loss_weighting, t_batch,
                                self.importance_weights(t) if self.unbiased else None)
         credit = flow_first_order_credit(model, self.flow, x0, t_batch, optimizer,
@@ -154,6 +167,16 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         yield
         self._learn_from_credit(None, t.double(), credit)
         self.step += 1
+
+    def _loss_spread(self, model, x0, t, t_batch) -> torch.Tensor:
+        """r_b = (w_b·λ_b·ℓ_b)², ℓ_b the velocity MSE at fresh noise without autograd (adaptive.py, _loss_spread)."""
+        noise = torch.randn(x0.shape, generator=self._stream(_CREDIT, distributed.rank(), self.updates)).to(x0)
+        with torch.no_grad(), eval_mode(model):
+            losses = self.flow.loss(unwrap(model), x0.detach(), t_batch, noise).double().cpu()
+        weights = self.importance_weights(t).double()
+        if self.loss_weighting is not None:
+            weights = weights * self.loss_weighting.weights(t_batch).double().cpu()
+        return (weights * losses) ** 2
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -181,6 +204,8 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
 
     def options(self) -> dict:
+        if self.reward == "variance":  # no credit: its strata, δ and target do not apply
+            return {"reward": "'variance'", "lr": self.lr, "K": self.update_every, "uniform_mix": self.uniform_mix}
         options = {"lr": self.lr, "K": self.update_every, "credit_strata": self.credit_strata, "t_min": self.t_min}
         if self.uniform_mix:
             options["uniform_mix"] = self.uniform_mix
