@@ -266,12 +266,18 @@ FLOW_CONTROLS = ("flow-adaptive-frozen", "flow-beta-0.95", "flow-adaptive-final"
 # where it ends.
 UNBIASED_CONTROLS = ("adaptive-frozen", "uniform", "adaptive-unbiased-final")
 
+# The importance sampler that learns to lower the loss estimate's variance starts near uniform too (Beta(0.974,
+# 0.974) with a 5 % floor, weights near 1), so uniform stands for its frozen copy; loss-second-moment is the
+# fixed-table rule whose optimum it learns as a Beta, and adaptive-unbiased the credit-driven importance sampler.
+VARIANCE_CONTROLS = ("uniform", "loss-second-moment", "adaptive-unbiased")
+
 # A sampler that credits the objective it trains (Min-SNR weighting) is judged against that weighting with
 # uniform t, which stands for its frozen copy: both Betas start near uniform (the flow's at Beta(0.974, 0.974);
 # the DDPM's frozen copy ends level with uniform).
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
-                    "adaptive-min-snr": ("min-snr",), FLOW_LEARNED: FLOW_CONTROLS,
-                    "flow-adaptive-min-snr": ("flow-min-snr",)}
+                    "adaptive-min-snr": ("min-snr",), "adaptive-variance": VARIANCE_CONTROLS,
+                    FLOW_LEARNED: FLOW_CONTROLS, "flow-adaptive-min-snr": ("flow-min-snr",),
+                    "flow-adaptive-variance": ("flow-uniform",)}
 
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:
