@@ -188,9 +188,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                       every timestep trained; the policy gradient uses the mixture's density.
       conditioned     False (default): one global Beta; True: π(· | x0) is a CNN (images) or MLP (vectors),
                       as in the paper.
-      lr              sampler Adam learning rate; None → 3e-2 for the credit; for the paper's reward 1e-2
-                      (linear, quad) or 1e-3 (cosine), as published. 0 freezes it.
-      update_every    K, steps between sampler updates; None → 20 for the credit, 40 for the paper's reward.
+      lr              sampler Adam learning rate; None → 3e-2 for the credit and the variance; for the paper's
+                      reward 1e-2 (linear, quad) or 1e-3 (cosine), as published. 0 freezes it.
+      update_every    K, steps between sampler updates; None → 20 (the credit, the variance), 40 (the paper's reward).
       queue_size      rows of the feature-selection queue (20; the paper's reward only).
       subset_size     |S|, probes per sample for the paper's reward (3).
       entropy_coef    c_ent (1e-2).       grad_clip   sampler gradient-norm clip (1.0; None: off).
