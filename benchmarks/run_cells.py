@@ -62,7 +62,10 @@ def bench_command(grid: str, cell: tuple[str, str, int], records: Path, out: Pat
 
 
 def parse_deadline(text: str | None, now: dt.datetime) -> dt.datetime | None:
-    """"HH:MM" (its next occurrence, local time) or "+MINUTES" from now; None for no deadline."""
+    """"HH:MM" (its nearest occurrence, local time: within 12 hours either way, so 00:27 read at 23:00 is
+    tomorrow's, and 06:14 read at 06:26 has passed, rather than being tomorrow's) or "+MINUTES" from now;
+    None for no deadline. A deadline already passed starts no cell: a chain of runners that reaches its next
+    runner late must not start a 30-minute cell at the end of a session."""
     if text is None:
         return None
     try:
@@ -72,7 +75,10 @@ def parse_deadline(text: str | None, now: dt.datetime) -> dt.datetime | None:
     except ValueError:
         raise UserError(f"--no-start-after takes HH:MM or +MINUTES, e.g. 00:27 or +90; got {text!r}") from None
     deadline = dt.datetime.combine(now.date(), clock)
-    return deadline if deadline > now else deadline + dt.timedelta(days=1)
+    half_day = dt.timedelta(hours=12)
+    if deadline < now - half_day:
+        return deadline + dt.timedelta(days=1)
+    return deadline - dt.timedelta(days=1) if deadline > now + half_day else deadline
 
 
 def run_lanes(jobs: list[tuple[str, list[str], Path]], lanes: int, deadline: dt.datetime | None,

@@ -24,10 +24,13 @@ def run_cells(monkeypatch):
     return module
 
 
-def test_deadline_is_the_next_such_clock_time_or_minutes_from_now(run_cells):
+def test_deadline_is_the_nearest_such_clock_time_or_minutes_from_now(run_cells):
     now = dt.datetime(2026, 12, 4, 23, 0)
     assert run_cells.parse_deadline("00:27", now) == dt.datetime(2026, 12, 5, 0, 27)
     assert run_cells.parse_deadline("23:30", now) == dt.datetime(2026, 12, 4, 23, 30)
+    # a deadline minutes ago has passed (not tomorrow's), also across midnight
+    assert run_cells.parse_deadline("22:14", now) == dt.datetime(2026, 12, 4, 22, 14)
+    assert run_cells.parse_deadline("23:50", dt.datetime(2026, 12, 5, 0, 10)) == dt.datetime(2026, 12, 4, 23, 50)
     assert run_cells.parse_deadline("+90", now) == dt.datetime(2026, 12, 5, 0, 30)
     assert run_cells.parse_deadline(None, now) is None
     for bad in ("25:00", "soon", "+x"):
