@@ -67,7 +67,7 @@ from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler, check_state
 from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
-                     loop_weights, target_name, unwrap)
+                     loop_weights, target_name, unwrap, variance_rewards)
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -453,11 +453,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         t = u_to_t(u, self.T, self.mapping).to(x0.device)
         noise = torch.randn(x0.shape, generator=self._stream(_BATCH_NOISE, distributed.rank())).to(x0)
         with torch.no_grad(), eval_mode(model):
-            losses = mse_per_sample(unwrap(model), self.schedule, x0.detach(), t, noise).double().cpu()
-        weights = self.importance_weights(t.cpu()).double()
-        if self.loss_weighting is not None:
-            weights = weights * self.loss_weighting.weights(t).double().cpu()
-        return policy_input, u, (weights * losses) ** 2
+            losses = mse_per_sample(unwrap(model), self.schedule, x0.detach(), t, noise)
+        return policy_input, u, variance_rewards(losses, t, self.importance_weights(t.cpu()), self.loss_weighting)
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
         """A CPU generator for one random stream at one index (default: this update), the same on every rank

@@ -202,6 +202,14 @@ def loop_weights(target, paired, t: torch.Tensor, importance: torch.Tensor | Non
     return weights
 
 
+def variance_rewards(losses: torch.Tensor, t: torch.Tensor, importance: torch.Tensor, weighting=None) -> torch.Tensor:
+    """r_b = (w_b·λ_b·ℓ_b)², float64 on the CPU: each sample's share of the second moment of the loop's
+    importance-weighted loss estimate, with w_b the importance weights, λ_b = weighting.weights(t_b) (ones for
+    None) and ℓ_b the per-sample loss. The reward="variance" of the learned Beta samplers (adaptive.py,
+    `_loss_spread`, says why)."""
+    return (loop_weights(weighting, None, t, importance).cpu() * losses.double().cpu()) ** 2
+
+
 def target_name(target) -> str:
     """How a repr names a target: its string, or its weighting's repr."""
     return target if isinstance(target, str) else f"objective:{target!r}"

@@ -27,7 +27,7 @@ from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS, check_batch_size, check_state
 from .continuous import EPS, ContinuousTimeSampler
 from .credit import (LEGACY_DELTA, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
-                     loop_weights, target_name, unwrap)
+                     loop_weights, target_name, unwrap, variance_rewards)
 from .fixed import check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
@@ -151,32 +151,22 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                 f"last sample() drew {len(t)} times")
         self._last_sample = None
         t_batch = t.to(device=x0.device, dtype=x0.dtype)
-        if self.reward == "variance":
-            spread = self._loss_spread(model, x0, t, t_batch)
-            yield
-            self._learn_from_credit(None, t.double(), spread)
-            self.step += 1
-            return
-        weights = loop_weights(self.credit_target, self.loss_weighting, t_batch,
-                               self.importance_weights(t) if self.unbiased else None)
-        credit = flow_first_order_credit(model, self.flow, x0, t_batch, optimizer,
-                                         generator=self._stream(_CREDIT, distributed.rank(), self.updates),
-                                         strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min,
-                                         target=self.credit_target, weighting=self.loss_weighting,
-                                         loss_weights=weights)
+        generator = self._stream(_CREDIT, distributed.rank(), self.updates)
+        if self.reward == "variance":  # the velocity MSE at fresh noise, without autograd
+            with torch.no_grad(), eval_mode(model):
+                noise = torch.randn(x0.shape, generator=generator).to(x0)
+                losses = self.flow.loss(unwrap(model), x0.detach(), t_batch, noise)
+            reward = variance_rewards(losses, t_batch, self.importance_weights(t), self.loss_weighting)
+        else:
+            weights = loop_weights(self.credit_target, self.loss_weighting, t_batch,
+                                   self.importance_weights(t) if self.unbiased else None)
+            reward = flow_first_order_credit(model, self.flow, x0, t_batch, optimizer, generator=generator,
+                                             strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min,
+                                             target=self.credit_target, weighting=self.loss_weighting,
+                                             loss_weights=weights)
         yield
-        self._learn_from_credit(None, t.double(), credit)
+        self._learn_from_credit(None, t.double(), reward)
         self.step += 1
-
-    def _loss_spread(self, model, x0, t, t_batch) -> torch.Tensor:
-        """r_b = (w_b·λ_b·ℓ_b)², ℓ_b the velocity MSE at fresh noise without autograd (adaptive.py, _loss_spread)."""
-        noise = torch.randn(x0.shape, generator=self._stream(_CREDIT, distributed.rank(), self.updates)).to(x0)
-        with torch.no_grad(), eval_mode(model):
-            losses = self.flow.loss(unwrap(model), x0.detach(), t_batch, noise).double().cpu()
-        weights = self.importance_weights(t).double()
-        if self.loss_weighting is not None:
-            weights = weights * self.loss_weighting.weights(t_batch).double().cpu()
-        return (weights * losses) ** 2
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
