@@ -3,7 +3,8 @@ this commit: `bench --records docs/bench/<grid> --report-only` under each grid's
 scratch folder, then its report, tables and plots copied over the old ones. Nothing is trained.
 
 The methods and schedules are those the records hold (a report covers every record of its grid); results.json
-is left out, since it repeats the records that sit beside the report.
+is left out, since it repeats the records that sit beside the report. Where docs/bench/step_cost.json exists
+(benchmarks/step_cost.py), time-to-quality adds the speed-up in compute.
 
     python benchmarks/rebuild_reports.py                       # every grid below
     python benchmarks/rebuild_reports.py ancestral3k long10k   # some
@@ -22,6 +23,7 @@ from timestep_sampling.bench.settings import DEFAULT_METHODS, FINAL_SUFFIX, FLOW
 from grids import DOCS_BENCH, GRIDS  # benchmarks/grids.py: each grid's settings
 
 COPIED = ("report.md", "*.csv", "*.png")
+STEP_COST = DOCS_BENCH / "step_cost.json"  # benchmarks/step_cost.py: the speed-up in compute, where it exists
 
 
 def recorded_cells(folder: Path) -> tuple[list[str], list[str], int]:
@@ -41,9 +43,11 @@ def rebuild(grid: str) -> Path:
     methods, schedules, seeds = recorded_cells(folder)
     options = dict(GRIDS[grid])
     flow = options.get("objective") == "flow"
+    step_cost = STEP_COST if STEP_COST.is_file() else None
     with tempfile.TemporaryDirectory() as scratch:
         settings = bench.make_settings(scratch, methods=methods, schedules=None if flow else schedules, seeds=seeds,
-                                       records=str(folder), report_only=True, progress=False, **options)
+                                       records=str(folder), report_only=True, progress=False,
+                                       step_cost=step_cost and str(step_cost), **options)
         bench.run_bench(settings)
         target = folder / "report"
         shutil.rmtree(target, ignore_errors=True)

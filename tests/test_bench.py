@@ -152,6 +152,27 @@ def test_time_to_quality_reached_not_reached_and_ratio():
     assert "not reached" in never_line and "×" not in never_line  # never a speed-up for a method that missed
 
 
+def test_time_to_quality_in_compute_divides_the_step_speed_up_by_the_step_cost():
+    records = records_from({
+        ("uniform", 0): [6, 5, 4, 3, 2],  # target 2 at step 400
+        ("fast", 0): [6, 4, 2, 1.5, 1.0],  # there at step 200: 2x in steps
+        ("never", 0): [6, 5, 4, 3, 2.5],
+    })
+    cost = {"uniform": 1.0, "fast": 1.25, "never": 0.9}  # fast's step costs 1.25 uniform steps
+    rows = {r["method"]: r for r in bench_stats.time_to_quality(records, "test_bpd_estimate", step_cost=cost)}
+    assert rows["fast"]["speedup_steps"] == pytest.approx(2.0)
+    assert rows["fast"]["speedup_compute"] == pytest.approx(2.0 / 1.25)
+    assert rows["uniform"]["speedup_compute"] == pytest.approx(1.0)
+    assert rows["never"]["speedup_compute"] is None and rows["never"]["step_cost"] == 0.9
+    table = bench_report.ttq_table(list(rows.values()), "test_bpd_estimate")
+    assert "speed-up (compute)" in table and "| 1.25 | 1.60× |" in table
+    # without a cost file: no compute column, and no compute speed-up for a method the file lacks
+    assert "compute" not in bench_report.ttq_table(bench_stats.time_to_quality(records, "test_bpd_estimate"),
+                                                   "test_bpd_estimate")
+    rows = bench_stats.time_to_quality(records, "test_bpd_estimate", step_cost={"uniform": 1.0})
+    assert next(r for r in rows if r["method"] == "fast")["speedup_compute"] is None
+
+
 def test_time_to_quality_needs_the_baseline():
     records = records_from({("fast", 0): [6, 4, 2]})
     assert bench_stats.time_to_quality(records, "test_bpd_estimate") == []
@@ -501,12 +522,23 @@ def test_records_fill_a_grid_across_invocations_and_the_report_covers_them_all(t
     assert track["alpha"] > 0 and track["tv_from_start"] > 0 and len(track["density"][0]) == 10
 
     # --report-only trains nothing: an unrecorded cell is named and left out, the recorded ones are reported.
+    # With a step-cost file it gives each method's cost beside the records' own steps/s.
     shutil.copytree(classifier_cache, tmp_path / "e" / "classifier")
+    cost = tmp_path / "step_cost.json"
+    cost.write_text(json.dumps({"objectives": {"ddpm": {"methods": {"uniform": {"ratio": 1.0},
+                                                                   "p2": {"ratio": 1.07}}}}}))
     report = bench.run_bench(tiny_settings(tmp_path / "e", records=str(records), methods="uniform,p2",
-                                           report_only=True))
+                                           report_only=True, step_cost=str(cost)))
     assert report["trained"] == 0 and report["recorded"] == 1 and report["missing"] == 1
     assert not (tmp_path / "e" / "runs").exists() and not (records / "p2__linear__s0.json").exists()
-    assert "uniform" in (tmp_path / "e" / "report.md").read_text()
+    text = (tmp_path / "e" / "report.md").read_text()
+    assert "speed-up (compute)" in text and "| p2 | 0 | – | – | – | 1.07 |" in text
+    rate = kept["cost"]["steps_per_sec"]
+    assert f"| uniform | 0 | – | – | {rate:.1f}–{rate:.1f} (1) | 1.00 |" in text
+    cost.write_text(json.dumps({"objectives": {"ddpm": {"methods": {"uniform": 1.0}}}}))
+    with pytest.raises(UserError, match="not a step-cost file"):
+        bench.run_bench(tiny_settings(tmp_path / "e", records=str(records), methods="uniform",
+                                      report_only=True, step_cost=str(cost)))
 
     # A preset whose defaults changed since its record was made is another method: run again.
     same = tiny_settings(tmp_path / "d", methods="uniform")

@@ -198,6 +198,7 @@ def _bench(args) -> None:
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
                              fd_samplers=args.fd_samplers, fd_ddpm_every=args.fd_ddpm_every,
                              records=args.records, report_only=args.report_only or None, objective=args.objective,
+                             step_cost=args.step_cost,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
     result = run_bench(settings)
     print(result["headline"])
@@ -251,6 +252,8 @@ def _add_bench_parser(sub) -> None:
                                      "report covers every record")
     p.add_argument("--report-only", action="store_true",
                    help="with --records: train nothing; report the recorded runs and name the cells that are not")
+    p.add_argument("--step-cost", help="a step-cost file (benchmarks/step_cost.py: each method's seconds per step / "
+                                       "uniform's, measured in one run) for the time-to-quality speed-up in compute")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every checkpoint (default: only each run's last, once scored)")
     p.add_argument("--no-progress", action="store_true")

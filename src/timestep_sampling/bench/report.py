@@ -195,17 +195,21 @@ def ttq_table(rows: list[dict], metric: str, baseline: str = BASELINE) -> str:
     if not rows:
         return f"(needs `{baseline}` in --methods)\n"
     d = _digits(metric)
+    compute = any(r.get("step_cost") for r in rows)  # a step-cost file was given
     lines = ["| schedule | method | target | final | steps to target | speed-up (steps) | seconds to target | "
-             "speed-up (seconds) |", "|---|---|---|---|---|---|---|---|"]
+             "speed-up (seconds) |" + (" step cost | speed-up (compute) |" if compute else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if compute else "")]
     for r in rows:
+        cost = f" {_fmt(r.get('step_cost'), 2)} |" if compute else ""
         if r["reached"]:
             sp = _fmt(r["speedup_steps"], 2) + "×" if r["speedup_steps"] else "–"
             ss = _fmt(r["speedup_seconds"], 2) + "×" if r["speedup_seconds"] else "–"
+            sc = (f" {_fmt(r['speedup_compute'], 2)}×" if r.get("speedup_compute") else " –") + " |" if compute else ""
             lines.append(f"| {r['schedule']} | {r['method']} | {r['target']:.{d}f} | {_fmt(r['final'], d)} | "
-                         f"{r['steps']} | {sp} | {r['seconds']:.1f} | {ss} |")
+                         f"{r['steps']} | {sp} | {r['seconds']:.1f} | {ss} |{cost}{sc}")
         else:
             lines.append(f"| {r['schedule']} | {r['method']} | {r['target']:.{d}f} | {_fmt(r['final'], d)} | "
-                         f"not reached | – | not reached | – |")
+                         f"not reached | – | not reached | – |{cost}" + (" – |" if compute else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -410,7 +414,12 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
               "curve are measured alike. No speed-up is given for a method that never reached the target. The "
               "runs are made one after another, so on a shared machine the seconds carry its changing load as "
               f"well as each method's own cost: where a method reaches the target at the same step as {baseline}, "
-              "its seconds speed-up is load, not method; the cost table below shows the steps/s behind it.",
+              "its seconds speed-up is load, not method; the cost table below shows the steps/s behind it."
+              + (f" **Speed-up (compute)** = {baseline}'s steps to the target / (the method's steps × its step "
+                 f"cost), where the step cost is the method's seconds per training step / {baseline}'s, measured "
+                 f"in one run on one machine with the methods' blocks interleaved (`{Path(s.step_cost).name}`, "
+                 "benchmarks/step_cost.py): the fair reading in time when runs come from different sessions."
+                 if s.step_cost else ""),
               f"- **Honesty**: per seed, the difference method − {baseline} at the final checkpoint (same seed: same "
               "initial weights and data order). A difference is *consistent* when every seed's difference has the "
               "same sign and the mean exceeds twice its standard error; the verdict says *beyond seed spread* when "
@@ -502,13 +511,20 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     lines += ["### Learned densities", ""] + [ln.strip() for ln in density_lines(tracks or {})] + [""]
     lines += ["## Cost (measured in this run)", ""]
     lines += ["| method | runs trained now | training steps/s | wall-clock s per run trained in one go (training + "
-              "evaluations) |",
-              "|---|---|---|---|"]
+              "evaluations) | recorded steps/s (min–max over records) | step cost vs " + baseline + " (one run) |",
+              "|---|---|---|---|---|---|"]
     for m in s.methods:
         c = costs["methods"].get(m, {})
+        rates = c.get("recorded_steps_per_sec") or []
+        recorded = f"{min(rates):.1f}–{max(rates):.1f} ({len(rates)})" if rates else "–"
         lines.append(f"| {m} | {c.get('trained', 0)} | {_fmt(c.get('steps_per_sec'), 1)} | "
-                     f"{_fmt(c.get('run_seconds'), 1)} |")
+                     f"{_fmt(c.get('run_seconds'), 1)} | {recorded} | {_fmt(c.get('step_cost'), 2)} |")
     lines += [""]
+    if any(c.get("recorded_steps_per_sec") for c in costs["methods"].values()):
+        lines += ["- Recorded steps/s: each record's own (one thread a run); records come from sessions on "
+                  "machines of different speeds, so their range is mostly the machine's, and the step cost "
+                  + (f"(`{Path(s.step_cost).name}`) is the method's own." if s.step_cost
+                     else "needs `--step-cost` (benchmarks/step_cost.py) to be read apart from it."), ""]
     per_checkpoint = costs.get("score_seconds_per_checkpoint") or {}
     if isinstance(per_checkpoint, dict) and per_checkpoint:
         lines += [f"- Sampling {s.fd_samples} images of one checkpoint and scoring them, on average: "

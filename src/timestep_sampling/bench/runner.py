@@ -151,6 +151,15 @@ def fill_record(settings: BenchSettings, kept: dict, scorers, device, metrics: l
     return sorted(added)
 
 
+def read_step_cost(path: str, flow: bool) -> dict[str, float]:
+    """Method → seconds per training step / the baseline's, from a benchmarks/step_cost.py file."""
+    part = read_json(Path(path), {}).get("objectives", {}).get("flow" if flow else "ddpm")
+    try:
+        return {m: float(row["ratio"]) for m, row in (part or {}).get("methods", {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise UserError(f"--step-cost {path!r} is not a step-cost file (benchmarks/step_cost.py writes one)") from None
+
+
 def run_bench(settings: BenchSettings) -> dict:
     """Train, score and report the whole grid; returns the paths written and the headline numbers."""
     wall = time.perf_counter()
@@ -234,15 +243,21 @@ def run_bench(settings: BenchSettings) -> dict:
         bar.write(f"{run_name(method, schedule, seed)}: {outcome}; final test bits/dim {_fmt(last.get('test_bpd'), 3)}"
                   + "".join(f", {metric_label(m)} {_fmt(last[m], 1)}" for m in scores if last.get(m) is not None))
     bar.close()
+    recorded_rates: dict[str, list[float]] = {}
     if settings.records:  # the report covers every recorded run of this grid, not only this invocation's
-        records = [e for r in current_records(settings, say=bar.write) for e in r["evals"]]
+        kept = current_records(settings, say=bar.write)
+        records = [e for r in kept for e in r["evals"]]
+        for r in kept:
+            if (r.get("cost") or {}).get("steps_per_sec"):
+                recorded_rates.setdefault(r["method"], []).append(r["cost"]["steps_per_sec"])
+    step_cost = read_step_cost(settings.step_cost, settings.flow) if settings.step_cost else None
 
     summary = summarize(records)
     baseline, strongest = references(settings.flow)
     ttq, paired, controls, half, heuristic = [], [], [], [], []
     for metric in metrics_in(records):
         if metric != "test_bpd":
-            ttq += time_to_quality(records, metric, baseline)
+            ttq += time_to_quality(records, metric, baseline, step_cost)
             half += half_budget_comparison(records, metric, baseline)
         if metric != "test_bpd_estimate":
             paired += paired_comparison(records, metric, baseline)
@@ -256,8 +271,11 @@ def run_bench(settings: BenchSettings) -> dict:
              "score_seconds_per_checkpoint": {m: float(np.mean(v)) for m, v in score_seconds.items() if v},
              "methods": {m: {"trained": c["trained"],
                              "steps_per_sec": float(np.mean(c["rate"])) if c["rate"] else None,
-                             "run_seconds": float(np.mean(c["run_seconds"])) if c["run_seconds"] else None}
-                         for m, c in method_costs.items()}}
+                             "run_seconds": float(np.mean(c["run_seconds"])) if c["run_seconds"] else None,
+                             "recorded_steps_per_sec": recorded_rates.get(m, []),
+                             "step_cost": (step_cost or {}).get(m)}
+                         for m, c in method_costs.items()},
+             "step_cost_file": settings.step_cost}
     settings_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
     write_json(out / "results.json", {"settings": settings_dict, "classifier": classifier, "costs": costs,
                                        "records": records})

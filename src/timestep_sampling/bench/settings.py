@@ -87,6 +87,7 @@ class BenchSettings:
     objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
     fd_samplers: tuple[str, ...] | None = None  # None: the objective's own (FD_SAMPLERS)
     fd_ddpm_every: int | None = None            # None: about three checkpoints (fd_steps)
+    step_cost: str | None = None  # a step-cost file (benchmarks/step_cost.py): the speed-up in compute
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
 
     @property
@@ -190,6 +191,9 @@ def validate(settings: BenchSettings) -> None:
                                              "--fd-samplers (a DDPM grid's)")
     require(not settings.report_only or settings.records,
             "--report-only reports what a --records folder holds: add --records FOLDER")
+    if settings.step_cost is not None:
+        require(Path(settings.step_cost).is_file(),
+                f"--step-cost {settings.step_cost!r} is not a file; benchmarks/step_cost.py writes one")
     if settings.inception is not None:
         require(Path(settings.inception).is_file(),
                 f"--inception {settings.inception!r} is not a file; expected a TorchScript feature network "

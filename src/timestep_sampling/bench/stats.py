@@ -84,11 +84,16 @@ def mean_curve(records: list[dict], method: str, schedule: str, metric: str):
     return steps, seconds, values
 
 
-def time_to_quality(records: list[dict], metric: str, baseline: str = BASELINE) -> list[dict]:
+def time_to_quality(records: list[dict], metric: str, baseline: str = BASELINE,
+                    step_cost: dict[str, float] | None = None) -> list[dict]:
     """Per schedule: the target is the baseline's final score (mean over seeds); for every method, the
     first checkpoint at which its mean curve reaches it, in steps and in training seconds, and the
     speed-up over the baseline's own time to that target (baseline steps / method steps). A method that
-    never reaches the target gets reached=False and no speed-up."""
+    never reaches the target gets reached=False and no speed-up.
+
+    `step_cost` (method → seconds per training step / the baseline's, measured in one run on one machine:
+    benchmarks/step_cost.py) adds the speed-up in compute, baseline steps / (method steps × its cost): the
+    recorded seconds of runs made in different sessions carry each session's machine speed."""
     rows = []
     for schedule in dict.fromkeys(r["schedule"] for r in records):
         methods = list(dict.fromkeys(r["method"] for r in records if r["schedule"] == schedule))
@@ -104,11 +109,14 @@ def time_to_quality(records: list[dict], metric: str, baseline: str = BASELINE) 
             hit = time_to_target(steps, seconds, values, target)
             row = {"schedule": schedule, "method": method, "metric": metric, "target": target,
                    "final": values[-1] if values else None, "reached": hit is not None,
-                   "steps": None, "seconds": None, "speedup_steps": None, "speedup_seconds": None}
+                   "steps": None, "seconds": None, "speedup_steps": None, "speedup_seconds": None,
+                   "step_cost": (step_cost or {}).get(method), "speedup_compute": None}
             if hit is not None:
                 row["steps"], row["seconds"] = hit
                 row["speedup_steps"] = b_hit[0] / hit[0] if hit[0] > 0 else None
                 row["speedup_seconds"] = b_hit[1] / hit[1] if hit[1] > 0 else None
+                if row["speedup_steps"] and row["step_cost"]:
+                    row["speedup_compute"] = row["speedup_steps"] / row["step_cost"]
             rows.append(row)
     return rows
 
