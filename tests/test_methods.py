@@ -25,7 +25,7 @@ def test_presets_are_the_documented_pairs():
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix", "adaptive-fine", "adaptive-coarse", "adaptive-loss",
-                              "adaptive-mix-coarse", "adaptive-unbiased", "adaptive-variance"}
+                              "adaptive-mix-coarse", "adaptive-unbiased", "adaptive-variance", "adaptive-grad-variance"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
                      "adaptive-bands-mild", "adaptive-bands-fast",
                      "adaptive-bands-fine", "adaptive-bands-coarse"}

@@ -132,3 +132,85 @@ def test_the_flow_sampler_learns_the_same_way(scale, data, upper):
     assert upper[0] < mass < upper[1], mass
     with pytest.raises(UserError, match="unbiased=True"):
         make_sampler("flow-adaptive:reward=variance")
+
+
+# ----------------------------------------------------------------------------- reward="grad-variance"
+
+class StepScaled(nn.Module):
+    """ε̂ = s(t)·θ with θ = 0: the ε-MSE is ‖ε‖² at every t (flat), but its gradient −2·s(t)·mean(ε) is `ratio`
+    times larger on the upper half of t. Only a sampler that looks at gradients can tell the halves apart."""
+
+    def __init__(self, ratio=10.0):
+        super().__init__()
+        self.theta, self.ratio = nn.Parameter(torch.zeros(())), ratio
+
+    def forward(self, xt, t):
+        s = torch.where(t >= SCHEDULE.T // 2, self.ratio, 1.0).to(xt).view(-1, *[1] * (xt.dim() - 1))
+        return s * self.theta * torch.ones_like(xt)
+
+
+def per_sample_squared_gradients(model, x0, t, noise):
+    return torch.stack([torch.autograd.grad(mse_per_sample(model, SCHEDULE, x0[b:b + 1], t[b:b + 1], noise[b:b + 1])
+                                            .sum(), model.theta)[0] ** 2 for b in range(len(x0))]).double()
+
+
+def test_the_gradient_reward_is_each_samples_squared_gradient_norm():
+    """One weight: a Rademacher probe is ±1, so the reward is the squared gradient exactly; with Adam's
+    preconditioner it is the preconditioned gradient's square."""
+    from timestep_sampling.samplers.credit import gradient_rewards
+    model, g = StepScaled(), torch.Generator().manual_seed(3)
+    x0, t, noise = torch.zeros(6, 1, 2, 2), torch.tensor([0, 10, 99, 100, 150, 199]), torch.randn(6, 1, 2, 2)
+    losses = lambda net: mse_per_sample(net, SCHEDULE, x0, t, noise)  # noqa: E731
+    expected = per_sample_squared_gradients(model, x0, t, noise)
+    assert torch.allclose(gradient_rewards(model, losses, None, g), expected, rtol=1e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.theta.grad = torch.tensor(2.0)
+    opt.step()  # a second moment v = 0.004, so P = 1/(√(v/0.001) + 1e-8) = 0.5
+    model.theta.data.zero_()
+    assert torch.allclose(gradient_rewards(model, losses, opt, g), expected * 0.25, rtol=1e-4)
+
+
+def learn_gradient(model, reward, updates=400):
+    sampler = make_sampler(f"adaptive:reward={reward},unbiased=True,uniform_mix=0.05", SCHEDULE, update_every=1,
+                           lr=0.05, seed=0)
+    x0 = torch.zeros(64, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(updates):
+        sampler.sample(len(x0), generator=g)
+        with sampler.observe(model, x0):
+            pass
+    assert sampler.skipped_updates == 0
+    return sampler.probabilities()
+
+
+def test_it_moves_to_where_the_gradients_are_large_where_the_loss_reward_cannot_see_them():
+    """The step's second moment is V(p) ∝ Σ_t s_t² / (T² p_t) (s_t: the gradient's scale at t), lowest at
+    p ∝ s_t, which puts 10/11 of the mass on the upper half. The loss is flat, so the loss reward stays near
+    uniform on the same model; with equal gradients the gradient reward does too."""
+    half, s = SCHEDULE.T // 2, torch.where(torch.arange(SCHEDULE.T) >= SCHEDULE.T // 2, 10.0, 1.0).double()
+    second_moment = lambda p: float((s ** 2 / (SCHEDULE.T ** 2 * p)).sum())  # noqa: E731
+    before, best = second_moment(torch.full((SCHEDULE.T,), 1 / SCHEDULE.T).double()), float(s.mean() ** 2)
+    pmf = learn_gradient(StepScaled(10.0), "grad-variance")
+    assert pmf[half:].sum() > 0.75
+    assert second_moment(pmf) < before - 0.6 * (before - best), (before, second_moment(pmf), best)
+    assert abs(float(learn_gradient(StepScaled(10.0), "variance")[half:].sum()) - 0.5) < 0.05
+    assert abs(float(learn_gradient(StepScaled(1.0), "grad-variance")[half:].sum()) - 0.5) < 0.06
+
+
+def test_the_gradient_reward_in_a_drop_in_loop_with_a_plain_callable_model():
+    net = StepScaled(10.0)
+    model = lambda x, t: net(x, t)  # noqa: E731: any callable, as the README promises
+    sampler, weighting = make_method("adaptive-grad-variance", SCHEDULE, update_every=1)
+    assert sampler.unbiased and "reward='grad-variance'" in repr(sampler)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x0 = torch.zeros(16, 1, 2, 2)
+    for _ in range(3):
+        t, w = sampler.sample(len(x0))
+        with sampler.observe(model, x0, optimizer=opt):
+            loss = (w * weighting.weights(t) * mse_per_sample(model, SCHEDULE, x0, t)).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert sampler.updates == 3 and sampler.skipped_updates == 0
+    with pytest.raises(UserError, match="unbiased=True"):
+        make_sampler("adaptive:reward=grad-variance", SCHEDULE)

@@ -92,6 +92,9 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     # the importance sampler that learns to lower the variance of the velocity loss, as adaptive-variance (not
     # offered until measured on a flow grid)
     "flow-adaptive-variance": ("flow-adaptive:reward=variance,unbiased=True,uniform_mix=0.05", "flow-none"),
+    # adaptive-variance with each sample's preconditioned gradient norm in place of its loss: the variance of
+    # the optimiser's step rather than of the loss estimate (not offered until measured)
+    "adaptive-grad-variance": ("adaptive:reward=grad-variance,unbiased=True,uniform_mix=0.05", "none"),
 }
 
 METHODS: dict[str, tuple[str, str]] = {**PRESETS, **ABLATIONS}  # every name make_method reads

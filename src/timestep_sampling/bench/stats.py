@@ -285,7 +285,8 @@ VARIANCE_CONTROLS = ("uniform", "loss-second-moment", "adaptive-unbiased")
 LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adaptive-unbiased": UNBIASED_CONTROLS,
                     "adaptive-min-snr": ("min-snr",), "adaptive-variance": VARIANCE_CONTROLS,
                     FLOW_LEARNED: FLOW_CONTROLS, "flow-adaptive-min-snr": ("flow-min-snr",),
-                    "flow-adaptive-variance": ("flow-uniform",)}
+                    "flow-adaptive-variance": ("flow-uniform",),
+                    "adaptive-grad-variance": ("uniform", "adaptive-variance", "loss-second-moment")}
 
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:

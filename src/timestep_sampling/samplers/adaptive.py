@@ -67,13 +67,14 @@ from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler, check_state
 from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
-                     loop_weights, target_name, unwrap, variance_rewards)
+                     gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
 from .feature_selection import ChangeQueue
 from .policy import make_policy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
 MAPPINGS = ("round", "even")
-REWARDS = ("credit", "paper", "variance")
+REWARDS = ("credit", "paper", "variance", "grad-variance")
+VARIANCE_REWARDS = ("variance", "grad-variance")  # importance samplers: they need unbiased=True
 BASELINE_DECAY = 0.9  # the reward baseline is an exponential moving average: rewards shrink as training goes on
 # Defaults that depend on the reward. The paper's: K = 40, Adam 1e-2 (linear, quad) or 1e-3 (cosine). The
 # credit's advantages are standardised per update, so one learning rate serves every schedule. With an
@@ -92,7 +93,7 @@ def _default_lr(reward: str, schedule: NoiseSchedule) -> float:
 # Independent random streams, each derived from (seed, index, stream[, rank]), the index being the update
 # or, for the fallback draws, the sample() call: nothing but counters has to be kept, resumed, or agreed on
 # between ranks.
-_PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK, _INIT = range(6)
+_PICK, _STRATA, _SCAN_NOISE, _BATCH_NOISE, _FALLBACK, _INIT, _DIRECTION = range(7)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                       whose reward carries almost no information about the sample's timestep (METHOD.md §7);
                       "variance" (needs unbiased=True): an importance sampler that lowers the variance of the
                       loop's loss estimate instead (see _loss_spread); its fixed point is p_t ∝ w_t·RMS(loss_t),
-                      the rule of `loss-second-moment`, within the Beta family.
+                      the rule of `loss-second-moment`, within the Beta family; "grad-variance" (needs
+                      unbiased=True): the same for the variance of the optimiser's step, from each sample's
+                      preconditioned gradient norm instead of its loss (see _gradient_spread).
       credit_strata   log-spaced strata of the bound estimate whose gradient the credit is measured against (64).
       credit_target   what the credit is the derivative of: "bound" (default: the variational bound),
                       "loss" (the simple ε-loss under uniform t, which sample quality follows more closely),
@@ -225,8 +228,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
                  credit_delta: float = 0.0, uniform_mix: float = 0.0, credit_target: str = "bound"):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
-        require(reward != "variance" or (unbiased and not conditioned),
-                "reward='variance' lowers the variance of an unbiased estimate: it needs unbiased=True and one "
+        require(reward not in VARIANCE_REWARDS or (unbiased and not conditioned),
+                f"reward={reward!r} lowers the variance of an unbiased estimate: it needs unbiased=True and one "
                 "global Beta (conditioned=False)")
         self.reward = reward
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
@@ -406,7 +409,8 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
             self.step += 1
             return
         if self.reward != "paper":
-            signal = self._credit if self.reward == "credit" else self._loss_spread
+            signal = {"credit": self._credit, "variance": self._loss_spread,
+                      "grad-variance": self._gradient_spread}[self.reward]
             policy_input, u, credit = signal(model, x0, optimizer)
             yield
             self._learn_from_credit(policy_input, u, credit)
@@ -455,6 +459,26 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         with torch.no_grad(), eval_mode(model):
             losses = mse_per_sample(unwrap(model), self.schedule, x0.detach(), t, noise)
         return policy_input, u, variance_rewards(losses, t, self.importance_weights(t.cpu()), self.loss_weighting)
+
+    def _gradient_spread(self, model, x0: torch.Tensor, optimizer=None) -> tuple:
+        """r_b = ‖P ∇_θ(w_b·λ_b·ℓ_b)‖², by one Hutchinson probe (credit.gradient_rewards): each sample's share
+        of the second moment of the optimiser's step, P·Σ_b ∇(w_b λ_b ℓ_b) / B, rather than of the loss.
+
+        Why: the step is unbiased for every p, and tr Cov(step) = Σ_t λ_t² E‖P∇ℓ_t‖² / (T² p_t) − const, the
+        same form as _loss_spread's V(p) with the gradient's norm in place of the loss. Its optimum
+        p_t ∝ λ_t·RMS‖P∇ℓ_t‖ is the variance-optimal importance sampler of SGD (Alain et al. 2015,
+        Katharopoulos & Fleuret 2018), which differs from the loss rule wherever a timestep's loss is large
+        but moves the weights little (or the other way round). Cost: one forward pass carrying tangents."""
+        policy_input, u = self._take_last_sample(x0)
+        t = u_to_t(u, self.T, self.mapping).to(x0.device)
+        weights = loop_weights(self.loss_weighting, None, t, self.importance_weights(t.cpu()))
+        noise = torch.randn(x0.shape, generator=self._stream(_BATCH_NOISE, distributed.rank())).to(x0)
+
+        def losses(net):
+            return mse_per_sample(net, self.schedule, x0.detach(), t, noise) * weights.to(x0)
+
+        rewards = gradient_rewards(model, losses, optimizer, self._stream(_DIRECTION, distributed.rank()))
+        return policy_input, u, rewards
 
     def _stream(self, stream: int, rank: int = 0, index: int | None = None) -> torch.Generator:
         """A CPU generator for one random stream at one index (default: this update), the same on every rank
@@ -608,9 +632,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan
-        if self.reward == "variance":
+        if self.reward in VARIANCE_REWARDS:
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""
-            return (f"AdaptiveSampler(T={self.T}, reward='variance', lr={self.lr}, K={self.update_every}{mix}, "
+            return (f"AdaptiveSampler(T={self.T}, reward={self.reward!r}, lr={self.lr}, K={self.update_every}{mix}, "
                     f"unbiased=True, mapping={self.mapping!r})")
         if self.reward == "credit":
             mix = f", uniform_mix={self.uniform_mix}" if self.uniform_mix else ""

@@ -210,6 +210,24 @@ def variance_rewards(losses: torch.Tensor, t: torch.Tensor, importance: torch.Te
     return (loop_weights(weighting, None, t, importance).cpu() * losses.double().cpu()) ** 2
 
 
+def gradient_rewards(model, losses, optimizer: torch.optim.Optimizer | None, generator: torch.Generator) -> torch.Tensor:
+    """r_b = (d·∇_θ losses_b)², d = P·z with z a Rademacher vector over the weights the step trains (P the
+    optimiser's preconditioner): E_z[r_b] = ‖P ∇_θ losses_b‖², each sample's share of the trace of the
+    step's covariance (Hutchinson's estimator, one probe). One forward pass carrying tangents (two reverse
+    passes for a plain callable), in eval mode; float64 on the CPU. The reward="grad-variance" of the
+    learned Beta sampler (adaptive.py, `_gradient_spread`, says why)."""
+    net = unwrap(model)
+    params = trainable_parameters(net, optimizer)
+    direction = []
+    for p in params:
+        z = (2 * torch.randint(0, 2, p.shape, generator=generator) - 1).to(p)
+        scale = preconditioner(optimizer, p)
+        direction.append(z if scale is None else z * scale)
+    with eval_mode(net):
+        tangent = (_forward_mode if isinstance(net, nn.Module) else _reverse_mode)(net, params, direction, losses)
+    return tangent.double().cpu() ** 2
+
+
 def target_name(target) -> str:
     """How a repr names a target: its string, or its weighting's repr."""
     return target if isinstance(target, str) else f"objective:{target!r}"
