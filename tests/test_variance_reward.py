@@ -214,3 +214,33 @@ def test_the_gradient_reward_in_a_drop_in_loop_with_a_plain_callable_model():
     assert sampler.updates == 3 and sampler.skipped_updates == 0
     with pytest.raises(UserError, match="unbiased=True"):
         make_sampler("adaptive:reward=grad-variance", SCHEDULE)
+
+
+class FlowStepScaled(nn.Module):
+    """v̂ = s(t)·θ with θ = 0 for rectified flow (the model sees t·1000): a flat velocity loss whose gradient is
+    `ratio` times larger for t > ½."""
+
+    def __init__(self, ratio):
+        super().__init__()
+        self.theta, self.ratio = nn.Parameter(torch.zeros(())), ratio
+
+    def forward(self, xt, t):
+        s = torch.where(t > 500, self.ratio, 1.0).to(xt).view(-1, *[1] * (xt.dim() - 1))
+        return s * self.theta * torch.ones_like(xt)
+
+
+@pytest.mark.parametrize("ratio, upper", [(10.0, (0.75, 1.0)), (1.0, (0.44, 0.56))])
+def test_the_flow_sampler_takes_the_gradient_reward_too(ratio, upper):
+    sampler, _ = make_method("flow-adaptive-grad-variance", None, update_every=1, lr=0.05)
+    assert sampler.unbiased and "reward='grad-variance'" in repr(sampler)
+    model, x0 = FlowStepScaled(ratio), torch.zeros(64, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        sampler.sample(len(x0), generator=g)
+        with sampler.observe(model, x0):
+            pass
+    assert sampler.skipped_updates == 0
+    mass = 1 - float(sampler._cdf(np.array([0.5]))[0])
+    assert upper[0] < mass < upper[1], mass
+    with pytest.raises(UserError, match="unbiased=True"):
+        make_sampler("flow-adaptive:reward=grad-variance")

@@ -95,6 +95,7 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     # adaptive-variance with each sample's preconditioned gradient norm in place of its loss: the variance of
     # the optimiser's step rather than of the loss estimate (not offered until measured)
     "adaptive-grad-variance": ("adaptive:reward=grad-variance,unbiased=True,uniform_mix=0.05", "none"),
+    "flow-adaptive-grad-variance": ("flow-adaptive:reward=grad-variance,unbiased=True,uniform_mix=0.05", "flow-none"),
 }
 
 METHODS: dict[str, tuple[str, str]] = {**PRESETS, **ABLATIONS}  # every name make_method reads

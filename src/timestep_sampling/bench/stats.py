@@ -286,7 +286,8 @@ LEARNED_CONTROLS = {LEARNED: CONTROLS, "adaptive-bands": BANDS_CONTROLS, "adapti
                     "adaptive-min-snr": ("min-snr",), "adaptive-variance": VARIANCE_CONTROLS,
                     FLOW_LEARNED: FLOW_CONTROLS, "flow-adaptive-min-snr": ("flow-min-snr",),
                     "flow-adaptive-variance": ("flow-uniform",),
-                    "adaptive-grad-variance": ("uniform", "adaptive-variance", "loss-second-moment")}
+                    "adaptive-grad-variance": ("uniform", "adaptive-variance", "loss-second-moment"),
+                    "flow-adaptive-grad-variance": ("flow-uniform", "flow-adaptive-variance")}
 
 
 def learned_vs_controls(records: list[dict], metric: str) -> list[dict]:

@@ -27,12 +27,13 @@ from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS, check_batch_size, check_state
 from .continuous import EPS, ContinuousTimeSampler
 from .credit import (LEGACY_DELTA, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
-                     loop_weights, target_name, unwrap, variance_rewards)
+                     gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
 from .fixed import check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
-_FALLBACK, _CREDIT = range(2)  # independent random streams, each from (seed, stream, rank, index)
+_FALLBACK, _CREDIT, _DIRECTION = range(3)
+REWARDS = ("credit", "variance", "grad-variance")  # independent random streams, each from (seed, stream, rank, index)
 
 
 def _count(value, name: str, minimum: int = 1) -> int:
@@ -57,7 +58,9 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
     weighting make_method pairs it with; or a flow weighting itself), t_min (1e-3), timestep_scale (the model's
     conditioning is t·scale; 1000, as diffusers' flow schedulers and the trainer), seed, unbiased, reward
     ("credit", or "variance" with unbiased=True: learn to lower the variance of the loop's loss estimate
-    instead, as the discrete sampler's reward="variance"; its optimum is p(t) ∝ w(t)·RMS(‖v − v̂‖²) at t)."""
+    instead, as the discrete sampler's reward="variance"; its optimum is p(t) ∝ w(t)·RMS(‖v − v̂‖²) at t; or
+    "grad-variance" with unbiased=True: the variance of the optimiser's step, from each sample's preconditioned
+    gradient norm, as the discrete sampler's)."""
 
     name = "flow-adaptive"
 
@@ -66,9 +69,9 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                  credit_delta: float = 0.0, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
                  seed: int = 0, unbiased: bool = False, credit_target="bound", reward: str = "credit"):
         super().__init__(schedule, unbiased=unbiased)
-        require(reward in ("credit", "variance"), f"unknown reward {reward!r}; valid choices: credit, variance")
-        require(reward != "variance" or self.unbiased,
-                "reward='variance' lowers the variance of an unbiased estimate: it needs unbiased=True")
+        require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
+        require(reward == "credit" or self.unbiased,
+                f"reward={reward!r} lowers the variance of an unbiased estimate: it needs unbiased=True")
         self.reward = reward
         self.credit_target = check_credit_target(credit_target, continuous=True)
         self.lr = check_real("lr", lr)
@@ -157,6 +160,11 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
                 noise = torch.randn(x0.shape, generator=generator).to(x0)
                 losses = self.flow.loss(unwrap(model), x0.detach(), t_batch, noise)
             reward = variance_rewards(losses, t_batch, self.importance_weights(t), self.loss_weighting)
+        elif self.reward == "grad-variance":
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            weights = loop_weights(self.loss_weighting, None, t_batch, self.importance_weights(t)).to(x0)
+            reward = gradient_rewards(model, lambda net: self.flow.loss(net, x0.detach(), t_batch, noise) * weights,
+                                      optimizer, self._stream(_DIRECTION, distributed.rank(), self.updates))
         else:
             weights = loop_weights(self.credit_target, self.loss_weighting, t_batch,
                                    self.importance_weights(t) if self.unbiased else None)
@@ -194,8 +202,8 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
 
     def options(self) -> dict:
-        if self.reward == "variance":  # no credit: its strata, δ and target do not apply
-            return {"reward": "'variance'", "lr": self.lr, "K": self.update_every, "uniform_mix": self.uniform_mix}
+        if self.reward != "credit":  # no credit: its strata, δ and target do not apply
+            return {"reward": repr(self.reward), "lr": self.lr, "K": self.update_every, "uniform_mix": self.uniform_mix}
         options = {"lr": self.lr, "K": self.update_every, "credit_strata": self.credit_strata, "t_min": self.t_min}
         if self.uniform_mix:
             options["uniform_mix"] = self.uniform_mix
