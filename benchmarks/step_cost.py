@@ -108,7 +108,7 @@ def measure(grid: str, methods: list[str], rounds: int, scratch: str, say=print)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", default="ancestral3k,ancestral10k,flow3k",
+    parser.add_argument("--grids", default="ancestral3k,ancestral10k,long10k,flow3k",
                         help="grids whose recorded methods are measured (one setting per objective)")
     parser.add_argument("--methods", help="measure these instead (comma-separated; flow-... ones under the flow grid)")
     parser.add_argument("--rounds", type=int, default=3)
