@@ -564,7 +564,7 @@ def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
     assert bench.sampler_summary(folder)["tv_from_start"] == pytest.approx(0.5)
     # a learned sampler trained with a weighting or importance weights is frozen with them
     for learned, frozen in [("adaptive-min-snr", "beta:a=0.5,b=1.25+min-snr"),
-                            ("adaptive-unbiased", "beta:a=0.5,b=1.25,unbiased=True+none"),
+                            ("adaptive-unbiased", "beta:a=0.5,b=1.25,mix=0.3,unbiased=True+none"),
                             ("flow-adaptive-min-snr", "flow-beta:a=0.5,b=1.25+flow-min-snr")]:
         sampler = make_method(learned, NoiseSchedule("linear", T=10))[0]
         assert sampler.frozen_spec({"alpha": 0.5, "beta": 1.25}, *method_specs(learned)) == frozen
@@ -572,6 +572,35 @@ def test_frozen_final_method_is_the_learned_runs_last_beta(tmp_path):
         assert fixed.unbiased == ("unbiased" in frozen)
     with pytest.raises(UserError, match="run adaptive-paper first"):
         bench.frozen_final_method(settings, "adaptive-paper-final", "linear", 0)
+
+
+@pytest.mark.parametrize("learned", ["adaptive-variance", "adaptive-unbiased", "adaptive-mix", "flow-adaptive-variance"])
+def test_a_learned_sampler_frozen_keeps_its_uniform_floor_and_so_its_distribution(learned):
+    """The fixed sampler its frozen_spec names draws from the learned sampler's own distribution at that
+    state, floor included (without the floor an importance sampler's weights are unbounded), and its
+    importance weights are the learned sampler's."""
+    schedule = NoiseSchedule("linear", T=1000)
+    sampler = make_method(learned, schedule)[0]
+    if sampler.policy is None:
+        sampler._ensure_policy(torch.zeros(2, 1, 4, 4))
+    with torch.no_grad():  # a state away from the start
+        sampler.policy.raw.copy_(torch.tensor([-0.4, 1.2]))
+    for cache in ("_pmf_cache", "_ab_cache"):
+        setattr(sampler, cache, None)
+    alpha, beta = (float(v) for v in sampler.concentrations())
+    spec = sampler.frozen_spec({"alpha": alpha, "beta": beta}, *method_specs(learned))
+    assert f",mix={sampler.uniform_mix:g}" in spec
+    fixed = make_method(spec, schedule)[0]
+    assert fixed.unbiased == sampler.unbiased
+    if learned.startswith("flow-"):
+        t = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
+        assert torch.allclose(fixed.density(t), sampler.density(t), rtol=1e-5)
+        return
+    assert torch.allclose(fixed.probabilities(), sampler.probabilities(), rtol=1e-5, atol=1e-12)
+    t = torch.arange(1000)
+    assert torch.allclose(fixed.importance_weights(t), sampler.importance_weights(t), rtol=1e-5)
+    if sampler.unbiased:
+        assert float(fixed.importance_weights(t).max()) <= 2 / sampler.uniform_mix + 1e-6
 
 
 DOCS_BENCH = Path(__file__).parents[1] / "docs" / "bench"
@@ -588,6 +617,13 @@ def test_each_recorded_final_control_is_what_its_learned_sampler_freezes_to_now(
     settings = bench.make_settings(tmp_path, methods=final["method"], schedules=None if flow else final["schedule"],
                                    records=str(path.parent), **grid)
     spec = bench.frozen_final_method(settings, final["method"], final["schedule"], final["seed"])
+    if ",mix=" in spec and ",mix=" not in final["trained_as"]:
+        # made before a Beta's floor was carried over (2026-12-05): another control, left out of the reports
+        floor = make_method(final["method"].removesuffix("-final"), NoiseSchedule("linear", T=settings.T))[0].uniform_mix
+        assert spec == final["trained_as"].replace(",unbiased", f",mix={floor:g},unbiased")
+        assert not bench_records.final_is_current(final, settings)
+        return
+    assert bench_records.final_is_current(final, settings)
     if "theta=" in spec:
         source_spec = method_specs(final["method"].removesuffix("-final"))[0]
         assert spec.startswith(source_spec) and final["trained_as"].startswith("adaptive-bands:lr=0,theta=")

@@ -16,7 +16,8 @@ from timestep_sampling.samplers import ContinuousTimeSampler, available_samplers
 DRAWS = 20_000
 SPECS = ["flow-uniform", "flow-uniform:shift=3", "flow-logit-normal", "flow-logit-normal:mean=-0.5,std=1.5",
          "flow-logit-normal:resolution=1024", "flow-mode", "flow-mode:scale=-0.8", "flow-mode:scale=1.75",
-         "flow-cosmap", "flow-cosmap:shift=0.5", "flow-beta:a=0.5,b=0.5", "flow-beta:a=2,b=5,shift=3"]
+         "flow-cosmap", "flow-cosmap:shift=0.5", "flow-beta:a=0.5,b=0.5", "flow-beta:a=2,b=5,shift=3",
+         "flow-beta:a=0.7,b=3,mix=0.1"]
 
 
 def gen(seed=0):

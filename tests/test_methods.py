@@ -89,7 +89,7 @@ def test_options_reach_the_right_half():
     assert sampler.std == 2.0
     sampler, weighting = make_method("min-snr", LINEAR, prediction="v")
     assert type(weighting) is MinSNRWeighting and weighting.prediction == "v"
-    with pytest.raises(UserError, match="valid choices: a, b, unbiased"):
+    with pytest.raises(UserError, match="valid choices: a, b, mix, unbiased"):
         make_method("beta-0.95", LINEAR, k=2)
 
 

@@ -43,7 +43,8 @@ def phi(z):
 
 EXPLICIT = ["uniform", "logit-normal", "logit-normal:mean=0.7,std=0.5", "lognormal-edm",
             "lognormal-edm:P_mean=0.4,P_std=2", "beta:a=0.95,b=0.95", "beta:a=2,b=5", "beta:a=0.5,b=0.5",
-            "speed:dual=False", "speed:k=5,tau=400,dual=False", "speed-2024:dual=False"]
+            "speed:dual=False", "speed:k=5,tau=400,dual=False", "speed-2024:dual=False",
+            "beta:a=0.68,b=3.2,mix=0.05", "beta:a=0.5,b=2,mix=0.3"]
 
 
 @pytest.mark.parametrize("spec", EXPLICIT)
@@ -382,10 +383,21 @@ def test_every_sampler_is_registered():
             "loss-second-moment"} <= set(available_samplers())
 
 
+def test_a_beta_with_a_uniform_floor_is_the_mixture_and_without_one_draws_as_it_always_did():
+    plain, floored = make_sampler("beta:a=0.68,b=3.2", LINEAR), make_sampler("beta:a=0.68,b=3.2,mix=0.05", LINEAR)
+    flat = make_sampler("beta:a=1,b=1", LINEAR).probabilities()  # U(0, 1) rounded: half mass at both ends
+    assert torch.allclose(floored.probabilities(), 0.95 * plain.probabilities() + 0.05 * flat, rtol=1e-12)
+    v = torch.rand(500, generator=gen(4), dtype=torch.float64).numpy()
+    expected = torch.round(torch.from_numpy(stats.beta.ppf(v, 0.68, 3.2)) * 999).long()
+    assert torch.equal(plain.sample(500, generator=gen(4))[0], expected)  # mix = 0: the stream of old records
+    with pytest.raises(UserError, match=r"mix must be in \[0, 1\)"):
+        make_sampler("beta:mix=1", LINEAR)
+
+
 @pytest.mark.parametrize("spec, options, message", [
     ("logit-normall", {}, "valid choices: .*logit-normal"),
     ("logit-normal", {"sigma": 1}, "valid choices: mean, std, unbiased"),
-    ("beta", {"c": 1}, "valid choices: a, b, unbiased"),
+    ("beta", {"c": 1}, "valid choices: a, b, mix, unbiased"),
     ("logit-normal", {"std": -1}, "std must be a finite positive number"),
     ("lognormal-edm", {"P_std": 0}, "P_std must be a finite positive number"),
     ("beta", {"a": 0}, "a must be a finite positive number"),

@@ -621,14 +621,18 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
 
     def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
         """The method ("sampler+weighting") of a fixed Beta at this policy's final (α, β) (`final["alpha"]`,
-        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting`, and
-        importance weights if it has them (`unbiased`); the uniform floor is not carried over (a mixture is
-        no Beta), as the bench's `adaptive-mix-final` has always been trained. None for a policy with no one
-        final Beta (conditioned on x0)."""
+        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting`, the same
+        uniform floor (`mix`), and importance weights if it has them (`unbiased`). None for a policy with no
+        one final Beta (conditioned on x0).
+
+        The floor was left out until 2026-12-05: for an importance sampler that is another control, whose
+        weights 1/(T·p_t) are unbounded where the Beta's tail is thin (adaptive-variance's final Beta(0.68,
+        3.2) alone has E[w²] ≈ 83,000 per draw; with its 5 % floor, 5.2)."""
         if final.get("alpha") is None or final.get("beta") is None:
             return None
+        mix = f",mix={self.uniform_mix:g}" if self.uniform_mix else ""
         unbiased = ",unbiased=True" if self.unbiased else ""
-        return f"beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
+        return f"beta:a={final['alpha']:.6g},b={final['beta']:.6g}{mix}{unbiased}+{weighting}"
 
     def __repr__(self) -> str:
         scan = "full" if self.scan is None else self.scan

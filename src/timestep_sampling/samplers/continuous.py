@@ -264,24 +264,32 @@ class FlowCosmapSampler(ContinuousTimeSampler):
 @SAMPLERS.register("flow-beta")
 class FlowBetaSampler(ContinuousTimeSampler):
     """t ~ Beta(a, b), drawn by the inverse CDF of a uniform from the caller's generator; a = b = 1 is
-    uniform. The continuous counterpart of the discrete `beta` sampler (a learned Beta's control)."""
+    uniform. The continuous counterpart of the discrete `beta` sampler (a learned Beta's control), with its
+    uniform floor `mix` (t ~ U(0, 1) with probability mix; two more uniforms per draw, only when mix > 0)."""
 
     name = "flow-beta"
 
     def __init__(self, schedule=None, a: float = 1.0, b: float = 1.0, shift: float | None = None,
-                 resolution: float | None = None, base_resolution: float = 256, unbiased: bool = False):
+                 resolution: float | None = None, base_resolution: float = 256, unbiased: bool = False,
+                 mix: float = 0.0):
         self.a = check_real("a", a, positive=True)
         self.b = check_real("b", b, positive=True)
+        self.mix = check_real("mix", mix)
+        require(0 <= self.mix < 1, f"option mix must be in [0, 1), got {mix!r}")
         super().__init__(schedule, shift, resolution, base_resolution, unbiased)
 
     def options(self):
-        return {"a": self.a, "b": self.b}
+        return {"a": self.a, "b": self.b, **({"mix": self.mix} if self.mix else {})}
 
     def _draw(self, n, generator):
-        return torch.from_numpy(stats.beta.ppf(_uniform(n, generator).numpy(), self.a, self.b))
+        t = torch.from_numpy(stats.beta.ppf(_uniform(n, generator).numpy(), self.a, self.b))
+        if self.mix:
+            pick, flat = _uniform(n, generator), _uniform(n, generator)
+            t = torch.where(pick < self.mix, flat, t)
+        return t
 
     def _density(self, t):
-        return stats.beta.pdf(t, self.a, self.b)
+        return (1 - self.mix) * stats.beta.pdf(t, self.a, self.b) + self.mix
 
     def _cdf(self, t):
-        return stats.beta.cdf(t, self.a, self.b)
+        return (1 - self.mix) * stats.beta.cdf(t, self.a, self.b) + self.mix * t

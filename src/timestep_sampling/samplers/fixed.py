@@ -137,26 +137,39 @@ class LognormalEDMSampler(ExplicitSampler):
 @SAMPLERS.register("beta")
 class BetaSampler(ExplicitSampler):
     """u ~ Beta(a, b), t = round(u·(T-1)): a fixed Beta over t (B-TTDM, OneTrainer), the control for a
-    learned Beta. a = b = 1 is uniform except that t = 0 and t = T-1 get half the mass.
+    learned Beta. a = b = 1 is uniform except that t = 0 and t = T-1 get half the mass. `mix` = m draws u
+    from U(0, 1) instead with probability m: the learned sampler's uniform floor (its `uniform_mix`), so that a
+    learned importance sampler's final distribution, frozen, keeps the floor that bounds its weights by 1/m.
 
-    pmf: p_t = F(e_{t+1}) − F(e_t) with F the Beta CDF and e the rounding edges. Draws use the
-    inverse CDF of a uniform from the caller's generator, so a seed fixes the timesteps.
+    pmf: p_t = (1 − m)·(F(e_{t+1}) − F(e_t)) + m·(e_{t+1} − e_t) with F the Beta CDF and e the rounding edges
+    (clipped to [0, 1]). Draws use the inverse CDF of a uniform from the caller's generator, so a seed fixes
+    the timesteps; the floor takes two more uniforms per draw, and only when m > 0.
     """
 
     name = "beta"
 
-    def __init__(self, schedule, a: float = 1.0, b: float = 1.0, unbiased: bool = False):
+    def __init__(self, schedule, a: float = 1.0, b: float = 1.0, unbiased: bool = False, mix: float = 0.0):
         self.a = check_real("a", a, positive=True)
         self.b = check_real("b", b, positive=True)
+        self.mix = check_real("mix", mix)
+        require(0 <= self.mix < 1, f"option mix must be in [0, 1), got {mix!r}")
         super().__init__(schedule, unbiased=unbiased)
 
     def _pmf(self):
-        dist = stats.beta(self.a, self.b)
-        return to_pmf(interval_masses(dist.cdf, dist.sf, rounding_edges(self.T), dist.median()))
+        dist, edges = stats.beta(self.a, self.b), rounding_edges(self.T)
+        pmf = to_pmf(interval_masses(dist.cdf, dist.sf, edges, dist.median()))
+        if self.mix:
+            flat = to_pmf(np.diff(np.clip(edges, 0.0, 1.0)))
+            pmf = (1 - self.mix) * pmf + self.mix * flat
+        return pmf
 
     def _draw(self, n, generator):
         v = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
         u = torch.from_numpy(stats.beta.ppf(v, self.a, self.b))
+        if self.mix:  # as the learned sampler's floor (policy_gradient.draw_beta_mixture)
+            pick = torch.rand(n, generator=generator, dtype=torch.float64)
+            flat = torch.rand(n, generator=generator, dtype=torch.float64)
+            u = torch.where(pick < self.mix, flat, u)
         return torch.round(u * (self.T - 1)).long()
 
 

@@ -194,12 +194,13 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
 
     def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
         """The method ("sampler+weighting") of a fixed flow Beta at this policy's final (α, β) (`final["alpha"]`,
-        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting` and
-        importance weights if it has them; None without a final Beta."""
+        `final["beta"]`, as the bench records them), trained as this one was: the same `weighting`, uniform
+        floor and importance weights; None without a final Beta."""
         if final.get("alpha") is None or final.get("beta") is None:
             return None
+        mix = f",mix={self.uniform_mix:g}" if self.uniform_mix else ""  # its floor, as AdaptiveSampler.frozen_spec
         unbiased = ",unbiased=True" if self.unbiased else ""
-        return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}{unbiased}+{weighting}"
+        return f"flow-beta:a={final['alpha']:.6g},b={final['beta']:.6g}{mix}{unbiased}+{weighting}"
 
     def options(self) -> dict:
         if self.reward != "credit":  # no credit: its strata, δ and target do not apply
