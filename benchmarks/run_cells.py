@@ -44,9 +44,10 @@ def grid_settings(grid: str, methods: list[str], schedules: list[str] | None, se
 
 
 def missing_cells(settings, folder: Path) -> list[tuple[str, str, int]]:
-    """The settings' cells, method by method, with no record in `folder` made under these grid settings."""
+    """The settings' cells, method by method, with no record in `folder` made under these grid settings (for a
+    `-final` cell: none of the control its name makes now, bench.read_cell_record)."""
     cells = [(m, s, seed) for m in settings.methods for s in settings.schedules for seed in settings.seed_list]
-    return [c for c in cells if bench_records.read_record(folder, bench_records.run_name(*c), settings) is None]
+    return [c for c in cells if bench.read_cell_record(folder, bench_records.run_name(*c), settings) is None]
 
 
 def bench_command(grid: str, cell: tuple[str, str, int], records: Path, out: Path) -> list[str]:

@@ -99,3 +99,26 @@ def test_bad_grid_options_are_one_line_errors(run_cells, capsys):
         with pytest.raises(SystemExit) as exit_:
             run_cells.main(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_final_control_recorded_without_its_learned_samplers_floor_is_missing(run_cells, tmp_path):
+    """A `-final` record of the old control (the learned run's final Beta without its uniform floor) is not
+    the control the name makes now: the runner lists it again, the report leaves it out."""
+    learned = bench_records.run_name("adaptive-variance", "linear", 0)
+    shutil.copy(run_cells.DOCS_BENCH / "ancestral3k" / f"{learned}.json", tmp_path)
+    settings = run_cells.grid_settings("ancestral3k", ["adaptive-variance-final"], ["linear"], [0])
+    settings = bench.make_settings(settings.out, methods=settings.methods, schedules=settings.schedules, seeds=1,
+                                   records=str(tmp_path), progress=False, steps=settings.steps,
+                                   eval_every=settings.eval_every, fd_samplers="ddim,ddpm", fd_ddpm_every=1500)
+    spec = bench.frozen_final_method(settings, "adaptive-variance-final", "linear", 0)
+    assert ",mix=0.05,unbiased=True" in spec
+    name = bench_records.run_name("adaptive-variance-final", "linear", 0)
+    record = {"method": "adaptive-variance-final", "schedule": "linear", "seed": 0,
+              "trained_as": spec.replace(",mix=0.05", ""), "evals": [], "sampler": None}
+    bench_records.write_record(tmp_path, name, settings, record)
+    assert run_cells.missing_cells(settings, tmp_path) == [("adaptive-variance-final", "linear", 0)]
+    assert [r["method"] for r in bench.current_records(settings)] == ["adaptive-variance"]
+    bench_records.write_record(tmp_path, name, settings, {**record, "trained_as": spec})
+    assert run_cells.missing_cells(settings, tmp_path) == []
+    assert sorted(r["method"] for r in bench.current_records(settings)) == ["adaptive-variance",
+                                                                           "adaptive-variance-final"]

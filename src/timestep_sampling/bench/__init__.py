@@ -35,15 +35,16 @@ What is measured, and how (report.md says it again):
 """
 from __future__ import annotations
 
-from .records import all_records, current_records, load_record, read_record, run_name, write_record
+from .records import all_records, load_record, read_record, run_name, write_record
 from .runner import run_bench, run_config, run_records, run_state, train_run
 from .scoring import Scorer, build_scorers, estimate_checkpoint, generate, score_run
 from .settings import (DEFAULT_METHODS, DEFAULT_SCHEDULES, FINAL_SUFFIX, FLOW_METHODS, FULL, QUICK, BenchSettings,
                        make_settings, method_fingerprint, validate)
-from .tracks import density_tracks, frozen_final_method, sampler_summary
+from .tracks import current_records, density_tracks, frozen_final_method, read_cell_record, sampler_summary
 
 __all__ = ["BenchSettings", "DEFAULT_METHODS", "DEFAULT_SCHEDULES", "FINAL_SUFFIX", "FLOW_METHODS", "FULL", "QUICK",
            "Scorer", "all_records", "build_scorers", "current_records", "density_tracks", "estimate_checkpoint",
-           "frozen_final_method", "generate", "load_record", "make_settings", "method_fingerprint", "read_record",
+           "frozen_final_method", "generate", "load_record", "make_settings", "method_fingerprint", "read_cell_record",
+           "read_record",
            "run_bench", "run_config", "run_name", "run_records", "run_state", "sampler_summary", "score_run",
            "train_run", "validate", "write_record"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, require
-from .settings import FD_SAMPLERS, FINAL_SUFFIX, FLOW_TIME, method_fingerprint, noise_schedule
+from .settings import FD_SAMPLERS, FLOW_TIME
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
 GRID_KEYS = ("data", "model", "batch_size", "T", "steps", "eval_every", "warmup", "ema_decay", "final_exact",
@@ -118,46 +118,7 @@ def read_record(folder: Path, name: str, settings, fingerprint: str | None = Non
         return None
     if fingerprint is not None and record.get("fingerprint", fingerprint) != fingerprint:
         return None
-    if record["method"].endswith(FINAL_SUFFIX) and not final_is_current(record, settings):
-        return None
     return record
-
-
-def final_is_current(record: dict, settings) -> bool:
-    """Whether a `-final` record trained what its name resolves to now (`trained_as` against the learned
-    sampler's `frozen_spec` of the same seed's learned run): how a learned sampler is frozen has changed
-    (its uniform floor was left out until 2026-12-05), and a record of the old control must not stand for
-    the new one. Records that do not say what they trained are taken as they are."""
-    from .tracks import frozen_final_method  # tracks reads records: imported here, not at the top
-
-    if record.get("trained_as") is None:
-        return True
-    try:
-        now = frozen_final_method(settings, record["method"], record["schedule"], record["seed"])
-    except UserError:  # its learned run is not recorded (any more)
-        return False
-    return record["trained_as"] == now or same_training(record["trained_as"], now, record["schedule"], settings.T)
-
-
-def same_training(method: str, other: str, schedule: str, T: int) -> bool:
-    """Whether two method specs train alike: the same distribution over t, importance weights and loss
-    weighting (a frozen policy's spec may name options that no longer matter once it is frozen)."""
-    from ..methods import make_method, method_specs
-    from ..schedule import NoiseSchedule
-
-    try:
-        (a, wa), (b, wb) = (make_method(m, NoiseSchedule(noise_schedule(schedule), T=T)) for m in (method, other))
-    except UserError:
-        return False
-    return (method_specs(method)[1] == method_specs(other)[1] and a.unbiased == b.unbiased
-            and torch.allclose(_law(a), _law(b), rtol=1e-6, atol=1e-12))
-
-
-def _law(sampler) -> torch.Tensor:
-    """A sampler's distribution over t: its pmf, or a continuous sampler's density on a grid of (0, 1)."""
-    if getattr(sampler, "continuous", False):
-        return sampler.density(torch.linspace(0.0005, 0.9995, 1000, dtype=torch.float64))
-    return sampler.probabilities()
 
 
 def all_records(folder: Path, settings) -> list[dict]:
@@ -287,31 +248,6 @@ def scores_from_prefix(record: dict, prefix: dict, metrics=("fd_ddpm",)) -> tupl
 
 
 # ----------------------------------------------------------------------------- what a report may use
-
-def current_records(settings, say=None) -> list[dict]:
-    """The records of this grid whose method still trains what its name trains now (its fingerprint), and
-    each `-final` cell whose learned run is among them: a preset whose defaults changed since a record was
-    made names another method, and its old record must not stand in the report under the new meaning."""
-    kept, stale = [], []
-    records = all_records(settings.records, settings)
-    for r in records:
-        if r["method"].endswith(FINAL_SUFFIX):
-            continue
-        try:
-            now = method_fingerprint(r["method"], r["schedule"], settings.T)
-        except UserError:  # a method name that no longer exists
-            now = None
-        (kept if r.get("fingerprint") in (None, now) else stale).append(r)
-    fresh = {(r["method"], r["schedule"], r["seed"]) for r in kept}
-    for r in records:
-        if r["method"].endswith(FINAL_SUFFIX):
-            source = (r["method"][:-len(FINAL_SUFFIX)], r["schedule"], r["seed"])
-            (kept if source in fresh and final_is_current(r, settings) else stale).append(r)
-    if stale and say is not None:
-        say(f"left out of the report: {len(stale)} record(s) made when their method meant something else "
-            f"({', '.join(sorted({r['method'] for r in stale}))})")
-    return kept
-
 
 def _jsonable(value):
     return json.loads(json.dumps(value))

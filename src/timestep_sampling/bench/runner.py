@@ -17,13 +17,13 @@ from ..checkpoint import latest_checkpoint
 from ..config import make_config
 from ..errors import UserError
 from .jsonfiles import read_json, read_jsonl, write_json
-from .records import code_version, current_records, provenance, read_record, run_name, write_record
+from .records import code_version, provenance, run_name, write_record
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
 from .stats import (half_budget_comparison, learned_vs_controls, metrics_in, paired_comparison, references, summarize,
                     time_to_quality)
-from .tracks import density_tracks, frozen_final_method, sampler_summary
+from .tracks import current_records, density_tracks, frozen_final_method, read_cell_record, sampler_summary
 
 
 def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
@@ -173,8 +173,8 @@ def run_bench(settings: BenchSettings) -> dict:
     # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
     grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
     for cell in [] if settings.report_only else grid:  # a report-only run trains nothing, so nothing can fail
-        recorded = settings.records and read_record(settings.records, run_name(*cell), settings,
-                                                    method_fingerprint(cell[0], cell[1], settings.T))
+        recorded = settings.records and read_cell_record(settings.records, run_name(*cell), settings,
+                                                         method_fingerprint(cell[0], cell[1], settings.T))
         if not cell[0].endswith(FINAL_SUFFIX) and not recorded:
             run_state(run_config(settings, *cell), method_fingerprint(cell[0], cell[1], settings.T))  # fail early
     scorers, classifier = build_scorers(settings, device, out)
@@ -188,7 +188,7 @@ def run_bench(settings: BenchSettings) -> dict:
         name = run_name(method, schedule, seed)
         bar.set_postfix_str(name)
         fingerprint = method_fingerprint(method, schedule, settings.T)
-        kept = read_record(settings.records, name, settings, fingerprint) if settings.records else None
+        kept = read_cell_record(settings.records, name, settings, fingerprint) if settings.records else None
         if kept is not None:
             counts["recorded"] += 1
             note = ""
@@ -196,7 +196,7 @@ def run_bench(settings: BenchSettings) -> dict:
                 added = fill_record(settings, kept, scorers, device, scores)
                 if added:
                     counts["filled"] += 1
-                    kept = read_record(settings.records, name, settings, fingerprint)
+                    kept = read_cell_record(settings.records, name, settings, fingerprint)
                     note = f"; {', '.join(added)} added from its checkpoints under {settings.out}"
             lacking = missing_scores(settings, kept["evals"], scores)
             if lacking:
