@@ -1,6 +1,7 @@
 """The learned samplers' tracks: how a sampler's density moved over a run (from its run folder or its
-record), for the heat maps and the report, and the `-final` control, a learned sampler fixed from step 0 at
-the state it ended in (the sampler says how, through its `frozen_spec`)."""
+record), for the heat maps and the report; the `-final` control, a learned sampler fixed from step 0 at
+the state it ended in (the sampler says how, through its `frozen_spec`); and which records still stand for
+the method their name makes now (`current_records`, `read_cell_record`), the `-final` ones included."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +65,7 @@ def frozen_final_method(settings: BenchSettings, method: str, schedule: str, see
     return frozen
 
 
-def final_is_current(record: dict, settings) -> bool:
+def final_is_current(record: dict, settings: BenchSettings) -> bool:
     """Whether a `-final` record trained what its name resolves to now (`trained_as` against the learned
     sampler's `frozen_spec` of the same seed's learned run): how a learned sampler is frozen has changed
     (its uniform floor was left out until 2026-12-05), and a record of the old control must not stand for
@@ -82,7 +83,7 @@ def same_training(method: str, other: str, schedule: str, T: int) -> bool:
     """Whether two method specs train alike: the same distribution over t, importance weights and loss
     weighting (a frozen policy's spec may name options that no longer matter once it is frozen)."""
     try:
-        (a, wa), (b, wb) = (make_method(m, NoiseSchedule(noise_schedule(schedule), T=T)) for m in (method, other))
+        (a, _), (b, _) = (make_method(m, NoiseSchedule(noise_schedule(schedule), T=T)) for m in (method, other))
     except UserError:
         return False
     return (method_specs(method)[1] == method_specs(other)[1] and a.unbiased == b.unbiased
@@ -105,7 +106,7 @@ def read_cell_record(folder: Path, name: str, settings: BenchSettings, fingerpri
     return record
 
 
-def current_records(settings, say=None) -> list[dict]:
+def current_records(settings: BenchSettings, say=None) -> list[dict]:
     """The records of this grid whose method still trains what its name trains now (its fingerprint), and
     each `-final` cell whose learned run is among them: a preset whose defaults changed since a record was
     made names another method, and its old record must not stand in the report under the new meaning."""
