@@ -36,18 +36,23 @@ def second_moment(model, pmf, weights=None, n=64):
     return float((lam.square() * moments / (T ** 2 * pmf)).sum()), moments
 
 
+def observe_fixed(sampler, model, x0, updates):
+    """`updates` sampler updates around a model that does not train: only the sampler learns."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(updates):
+        sampler.sample(len(x0), generator=g)
+        with sampler.observe(model, x0):
+            pass
+    assert sampler.skipped_updates == 0
+
+
 def learn(model, updates=150, weighting=None):
     sampler = make_sampler("adaptive:reward=variance,unbiased=True,uniform_mix=0.05", SCHEDULE, update_every=1,
                            lr=0.05, seed=0)
     if weighting is not None:
         sampler.pair_weighting(weighting)
-    x0 = torch.ones(64, 1, 2, 2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(updates):
-        sampler.sample(len(x0), generator=g)
-        with sampler.observe(model, x0):
-            pass  # the model is fixed: only the sampler learns where the loss is spread
-    assert sampler.skipped_updates == 0 and sampler.updates == updates
+    observe_fixed(sampler, model, torch.ones(64, 1, 2, 2), updates)
+    assert sampler.updates == updates
     return sampler
 
 
@@ -141,12 +146,7 @@ def learn_gradient(model, reward, updates=400):
     sampler = make_sampler(f"adaptive:reward={reward},unbiased=True,uniform_mix=0.05", SCHEDULE, update_every=1,
                            lr=0.05, seed=0)
     x0 = torch.zeros(64, 1, 2, 2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(updates):
-        sampler.sample(len(x0), generator=g)
-        with sampler.observe(model, x0):
-            pass
-    assert sampler.skipped_updates == 0
+    observe_fixed(sampler, model, x0, updates)
     return sampler.probabilities()
 
 
@@ -201,12 +201,7 @@ def learn_flow(method, model, x0, updates):
     """The flow sampler's mass on t > ½ after `updates` updates around a fixed model."""
     sampler, _ = make_method(method, None, update_every=1, lr=0.05)
     assert sampler.unbiased and f"reward='{sampler.reward}'" in repr(sampler)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(updates):
-        sampler.sample(len(x0), generator=g)
-        with sampler.observe(model, x0):
-            pass
-    assert sampler.skipped_updates == 0
+    observe_fixed(sampler, model, x0, updates)
     with pytest.raises(UserError, match="unbiased=True"):
         make_sampler(f"flow-adaptive:reward={sampler.reward}")
     return 1 - float(sampler._cdf(np.array([0.5]))[0])
