@@ -247,7 +247,5 @@ def scores_from_prefix(record: dict, prefix: dict, metrics=("fd_ddpm",)) -> tupl
     return {**record, "evals": evals, "scores_added": record.get("scores_added", []) + [note]}, sorted(new)
 
 
-# ----------------------------------------------------------------------------- what a report may use
-
 def _jsonable(value):
     return json.loads(json.dumps(value))

@@ -25,6 +25,18 @@ def check_batch_size(batch_size) -> None:
             f"batch_size must be an integer >= 0, got {batch_size!r}")
 
 
+def with_uniform_floor(u: torch.Tensor, mix: float, generator: torch.Generator | None) -> torch.Tensor:
+    """u (float64, CPU) with each entry replaced, with probability `mix`, by a fresh U(0, 1) draw: the uniform
+    floor of the Beta samplers, learned and fixed alike. It takes two more uniforms per draw (pick, then
+    value), and only when mix > 0, so that without a floor a generator's stream is what it always was."""
+    if not mix:
+        return u
+    device = generator.device if generator is not None else "cpu"
+    pick = torch.rand(len(u), generator=generator, device=device, dtype=torch.float64)
+    flat = torch.rand(len(u), generator=generator, device=device, dtype=torch.float64)
+    return torch.where(pick.cpu() < mix, flat.cpu(), u)
+
+
 def check_state(state, keys, name: str, optional=()) -> None:
     """A saved state handed to `load_state_dict` has exactly the keys this sampler writes (those in `optional`
     may be absent), else a UserError rather than a KeyError from deep inside: another method's checkpoint,

@@ -23,7 +23,7 @@ from scipy import special, stats
 
 from ..devices import check_device
 from ..errors import UserError, require
-from .base import SAMPLERS, TimestepSampler, check_batch_size
+from .base import SAMPLERS, TimestepSampler, check_batch_size, with_uniform_floor
 from .fixed import check_real
 
 # Draws are clamped into [EPS, 1 − EPS] and returned as float32: 1 − 2⁻²⁴ is the largest float32 below 1,
@@ -283,10 +283,7 @@ class FlowBetaSampler(ContinuousTimeSampler):
 
     def _draw(self, n, generator):
         t = torch.from_numpy(stats.beta.ppf(_uniform(n, generator).numpy(), self.a, self.b))
-        if self.mix:
-            pick, flat = _uniform(n, generator), _uniform(n, generator)
-            t = torch.where(pick < self.mix, flat, t)
-        return t
+        return with_uniform_floor(t, self.mix, generator)
 
     def _density(self, t):
         return (1 - self.mix) * stats.beta.pdf(t, self.a, self.b) + self.mix

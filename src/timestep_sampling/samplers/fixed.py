@@ -15,7 +15,7 @@ from scipy import special, stats
 
 from ..devices import check_device
 from ..errors import UserError, require
-from .base import SAMPLERS, TimestepSampler, check_batch_size
+from .base import SAMPLERS, TimestepSampler, check_batch_size, with_uniform_floor
 
 
 def check_real(name: str, value, *, positive: bool = False) -> float:
@@ -165,11 +165,7 @@ class BetaSampler(ExplicitSampler):
 
     def _draw(self, n, generator):
         v = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
-        u = torch.from_numpy(stats.beta.ppf(v, self.a, self.b))
-        if self.mix:  # as the learned sampler's floor (policy_gradient.draw_beta_mixture)
-            pick = torch.rand(n, generator=generator, dtype=torch.float64)
-            flat = torch.rand(n, generator=generator, dtype=torch.float64)
-            u = torch.where(pick < self.mix, flat, u)
+        u = with_uniform_floor(torch.from_numpy(stats.beta.ppf(v, self.a, self.b)), self.mix, generator)
         return torch.round(u * (self.T - 1)).long()
 
 

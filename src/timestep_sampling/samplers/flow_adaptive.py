@@ -32,8 +32,8 @@ from .fixed import check_real
 from .policy import GlobalPolicy
 from .policy_gradient import BetaPolicyTerms, CreditPolicyGradient, draw_beta_mixture
 
-_FALLBACK, _CREDIT, _DIRECTION = range(3)
-REWARDS = ("credit", "variance", "grad-variance")  # independent random streams, each from (seed, stream, rank, index)
+_FALLBACK, _CREDIT, _DIRECTION = range(3)  # independent random streams, each from (seed, stream, rank, index)
+REWARDS = ("credit", "variance", "grad-variance")
 
 
 def _count(value, name: str, minimum: int = 1) -> int:

@@ -17,6 +17,7 @@ from scipy import special
 from torch import nn
 
 from .. import distributed
+from .base import with_uniform_floor
 
 
 def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
@@ -32,12 +33,7 @@ def draw_beta_mixture(alpha, beta, n: int, generator: torch.Generator, uniform_m
     from U(0, 1). The mixture takes two more uniforms per draw, and only when it is on, so that without one
     a generator's stream is what it always was."""
     v = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-    u = beta_icdf(alpha, beta, v)
-    if uniform_mix:
-        pick = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-        flat = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-        u = torch.where(pick.cpu() < uniform_mix, flat.cpu(), u)
-    return u
+    return with_uniform_floor(beta_icdf(alpha, beta, v), uniform_mix, generator)
 
 
 class CreditPolicyGradient:
