@@ -425,6 +425,34 @@ def test_every_sampler_refuses_a_bad_batch_size(name):
             sampler.sample(bad)
 
 
+@pytest.mark.parametrize("name", available_samplers())
+def test_every_sampler_draws_an_empty_batch(name):
+    # A ragged last shard can be empty on some rank: every sampler, learned or fixed, draws nothing for it
+    # rather than one raising where the others return.
+    sampler = make_sampler(name, None if name.startswith("flow-") else LINEAR)
+    t, weights = sampler.sample(0)
+    assert t.shape == (0,) and weights.shape == (0,)
+
+
+LEARNED = ["adaptive", "adaptive:reward=paper", "adaptive:reward=variance,unbiased=True", "adaptive-bands",
+           "credit-proportional", "flow-adaptive"]
+
+
+@pytest.mark.parametrize("spec", LEARNED)
+def test_every_learned_sampler_refuses_to_observe_a_batch_it_did_not_draw_for(spec):
+    sampler = make_sampler(spec, None if spec.startswith("flow-") else LINEAR)
+    model = torch.nn.Conv2d(1, 1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for drawn, x0, message in [(None, torch.zeros(4, 1, 4, 4), r"call sampler\.sample"),
+                               (3, torch.zeros(4, 1, 4, 4), r"got a batch of 4 but the last sample\(\) drew 3"),
+                               (0, torch.zeros(0, 1, 4, 4), "empty batch")]:
+        if drawn is not None:
+            sampler.sample(drawn)
+        with pytest.raises(UserError, match=message):
+            with sampler.observe(model, x0, optimizer=opt):
+                pass
+
+
 def test_invalid_calls_raise_user_errors():
     sampler = make_sampler("loss-second-moment", SMALL)
     with pytest.raises(UserError, match="one loss per timestep"):

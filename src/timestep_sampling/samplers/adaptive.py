@@ -65,7 +65,7 @@ from ..diffusion import mse_per_sample, predict_eps, q_sample, vlb_terms_from_ep
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler, check_state
+from .base import SAMPLERS, TimestepSampler, check_batch_size, check_observed_batch, check_state
 from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
                      gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
 from .feature_selection import ChangeQueue
@@ -382,7 +382,7 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         """t_b = map(clamp(F⁻¹_{Beta(α_b, β_b)}(v_b))), v_b ~ U(0, 1) from `generator`, or from the sampler's
         own stream for (seed, rank, call): a counter rather than a generator's state, so that a checkpoint
         written by rank 0 resumes every rank's stream. The draws are kept for the next `observe()`."""
-        batch_size = _positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size)
         device = check_device(device)
         policy_input = self._policy_input(x0, batch_size)
         alpha, beta = self._sampling_concentrations(policy_input)
@@ -421,12 +421,9 @@ class AdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, BoundOptions, Times
         self.step += 1
 
     def _take_last_sample(self, x0: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        require(self._last_sample is not None,
-                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        check_observed_batch(None if self._last_sample is None else self._last_sample[1], x0)
         policy_input, u = self._last_sample
         self._last_sample = None
-        require(isinstance(x0, torch.Tensor) and x0.shape[0] == len(u),
-                f"observe() got a batch of {len(x0)} but the last sample() drew {len(u)} timesteps")
         self._ensure_policy(x0)
         return policy_input, u
 

@@ -51,7 +51,7 @@ from ..bound import log_strata
 from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler, check_batch_size, check_state
+from .base import SAMPLERS, TimestepSampler, check_batch_size, check_observed_batch, check_state
 from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .loss_aware import check_fraction, check_int
 from .policy_gradient import CreditPolicyGradient
@@ -223,8 +223,7 @@ class BandPolicySampler(CreditPolicyGradient, BoundOptions, TimestepSampler):
             self.step += 1
             return
         t = self._last_t
-        require(t is not None and len(t) == len(x0),
-                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        check_observed_batch(t, x0)
         self._last_t = None
         probe_t = self._probe_timesteps() if self.probe else t[:0]
         images = x0.detach()[torch.arange(len(x0) + len(probe_t)) % len(x0)]  # the batch, then the probes' images

@@ -25,6 +25,17 @@ def check_batch_size(batch_size) -> None:
             f"batch_size must be an integer >= 0, got {batch_size!r}")
 
 
+def check_observed_batch(drawn: torch.Tensor | None, x0, what: str = "timesteps") -> None:
+    """The checks every learned sampler's observe() makes on an update step: sample() drew for this batch,
+    x0 is a tensor of that many images, and not none (an empty batch has nothing to credit; DistributedSampler
+    pads shards, so no rank's batch is empty)."""
+    require(drawn is not None,
+            f"observe() on an update step needs the {what} of this batch: call sampler.sample(...) first")
+    size = len(x0) if isinstance(x0, torch.Tensor) and x0.dim() > 0 else type(x0).__name__
+    require(size == len(drawn), f"observe() got a batch of {size} but the last sample() drew {len(drawn)} {what}")
+    require(len(drawn) > 0, "observe() got an empty batch: an update step needs at least one image")
+
+
 def with_uniform_floor(u: torch.Tensor, mix: float, generator: torch.Generator | None) -> torch.Tensor:
     """u (float64, CPU) with each entry replaced, with probability `mix`, by a fresh U(0, 1) draw: the uniform
     floor of the Beta samplers, learned and fixed alike. It takes two more uniforms per draw (pick, then
@@ -93,7 +104,10 @@ class TimestepSampler:
         check_batch_size(batch_size)
         device = check_device(device)
         p = self.probabilities()
-        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        if batch_size == 0:  # torch.multinomial refuses n = 0; an empty shard is not a user error
+            t = torch.zeros(0, dtype=torch.long)
+        else:
+            t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         return t.to(device), self.importance_weights(t).to(device)
 
     def importance_weights(self, t: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .. import distributed
 from ..bound import log_strata
 from ..errors import require
 from ..schedule import NoiseSchedule
-from .base import SAMPLERS, TimestepSampler, check_state
+from .base import SAMPLERS, TimestepSampler, check_observed_batch, check_state
 from .credit import BoundOptions, check_credit_delta, credit_repr, first_order_credit
 from .loss_aware import check_fraction, check_int
 
@@ -91,8 +91,7 @@ class CreditProportionalSampler(BoundOptions, TimestepSampler):
             self.step += 1
             return
         t = self._last_t
-        require(t is not None and len(t) == len(x0),
-                "observe() on an update step needs the timesteps of this batch: call sampler.sample(...) first")
+        check_observed_batch(t, x0)
         self._last_t = None
         index = np.random.SeedSequence([self.seed, self.updates, distributed.rank()]).generate_state(1)[0]
         credit = first_order_credit(model, self.schedule, x0.detach(), t, optimizer,

@@ -24,7 +24,7 @@ from .. import distributed
 from ..devices import check_device
 from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
-from .base import SAMPLERS, check_batch_size, check_state
+from .base import SAMPLERS, check_batch_size, check_observed_batch, check_state
 from .continuous import EPS, ContinuousTimeSampler
 from .credit import (LEGACY_DELTA, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
                      gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
@@ -147,11 +147,7 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
             self.step += 1
             return
         t = self._last_sample
-        require(t is not None, "observe() on an update step needs the times of this batch: call sampler.sample(...) "
-                               "first")
-        require(isinstance(x0, torch.Tensor) and len(x0) == len(t),
-                f"observe() got a batch of {len(x0) if isinstance(x0, torch.Tensor) else type(x0).__name__} but the "
-                f"last sample() drew {len(t)} times")
+        check_observed_batch(t, x0, "times")
         self._last_sample = None
         t_batch = t.to(device=x0.device, dtype=x0.dtype)
         generator = self._stream(_CREDIT, distributed.rank(), self.updates)
