@@ -125,3 +125,10 @@ def test_the_readme_is_a_front_page():
     assert not dated, f"dated history belongs in docs/changelog.md: {dated}"
     assert "](docs/headline.png)" in README and (ROOT / "docs" / "headline.png").is_file()
     assert (ROOT / "docs" / "changelog.md").is_file()
+
+
+def test_the_readme_tables_are_the_records_means():
+    # benchmarks/readme_table.py builds them from docs/bench/; a record that moves a mean fails here until --write
+    check = subprocess.run([sys.executable, "readme_table.py", "--check"], cwd=ROOT / "benchmarks",
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
