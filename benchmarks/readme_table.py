@@ -16,7 +16,6 @@ import argparse
 import re
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
