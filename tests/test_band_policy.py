@@ -8,7 +8,7 @@ from timestep_sampling import NoiseSchedule, UserError, make_sampler
 from timestep_sampling.methods import make_method
 from timestep_sampling.samplers.band_policy import BandPolicySampler
 from test_adaptive import train_step
-from test_credit import BAND, band_problem, run_sampler
+from test_credit import band_problem, run_sampler
 
 
 def test_it_starts_uniform_and_draws_from_the_distribution_it_reports():

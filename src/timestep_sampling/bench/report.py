@@ -475,9 +475,9 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     answers = schedule_answers(half, heuristic, paired, quality, baseline)
     if answers:
         lines += ["## Does the learned sampler speed up samples? One sentence per schedule", "",
-                  f"For each sample-quality score, from the half-steps and paired tables below: a learned "
-                  f"configuration (adaptive…, not its frozen or final controls) answers *yes* only when its verdict "
-                  f"is *better beyond seed spread*; Δ is its score − the other's per seed.", ""]
+                  "For each sample-quality score, from the half-steps and paired tables below: a learned "
+                  "configuration (adaptive…, not its frozen or final controls) answers *yes* only when its verdict "
+                  "is *better beyond seed spread*; Δ is its score − the other's per seed.", ""]
         lines += answer_lines(answers, baseline, strongest) + [""]
     for metric in quality:
         lines += [f"## {METRIC_LABELS[metric]} (mean ± std over seeds; lower is better)", "",
