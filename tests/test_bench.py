@@ -957,3 +957,24 @@ def test_every_committed_grid_can_be_reported_again_from_its_records(tmp_path, m
         settings = bench.make_settings(tmp_path, methods=methods, schedules=None if flow else schedules, seeds=seeds,
                                        records=str(folder), report_only=True, **options)
         assert len(bench_records.all_records(folder, settings)) == len(list(folder.glob("*.json"))), grid
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda r: r.update(evals="not a list"),
+    lambda r: r["evals"][0].pop("method"),
+    lambda r: r["evals"][-1].update(test_bpd="2.9"),
+    lambda r: r.update(seed="0"),
+    lambda r: r.update(evals=[]),
+], ids=["evals a string", "an eval without its cell", "a score as text", "seed as text", "no evals"])
+def test_a_malformed_record_is_skipped_and_named_not_a_traceback(mangle, tmp_path):
+    # a hand-edited record must neither reach the report's arithmetic nor vanish without a word
+    source = Path(__file__).parents[1] / "docs" / "bench" / "ancestral3k" / "uniform__linear__s0.json"
+    good = json.loads(source.read_text())
+    assert bench.load_record(source) is not None
+    mangle(good)
+    bad = tmp_path / "uniform__linear__s0.json"
+    bad.write_text(json.dumps(good))
+    assert bench.load_record(bad) is None
+    said = []
+    assert bench_records.all_records(tmp_path, tiny_settings(tmp_path / "out", methods="uniform"), said.append) == []
+    assert len(said) == 1 and "uniform__linear__s0.json" in said[0], said

@@ -44,7 +44,16 @@ def files(tmp):
         "typo_key": write(tmp / "typo.json", json.dumps({"stepz": 5})),
         "bad_type": write(tmp / "type.json", json.dumps({"lr": "fast"})),
         "bad_toml": write(tmp / "bad.toml", "steps = = 3"),
+        "list_config": write(tmp / "list.json", "[1, 2]"),
+        "flow_run": flow_run_folder(tmp),
     }
+
+
+def flow_run_folder(tmp):
+    """A rectified-flow run as far as its config.json: enough for the analyses that must refuse it."""
+    (tmp / "flow_run").mkdir()
+    make_config(out=str(tmp / "flow_run"), objective="flow", method="flow-uniform").save(tmp / "flow_run" / "config.json")
+    return str(tmp / "flow_run")
 
 
 T_ARGS = ["train", "--steps", "1", "--T", "50", "--batch-size", "8", "--num-samples", "0", "--no-progress"]
@@ -56,6 +65,12 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("unknown schedule", T_ARGS + ["--schedule", "linaer"], "unknown noise schedule 'linaer' (did you mean 'linear'?)"),
     ("unknown sampler option", T_ARGS + ["--sampler", "speed:kk=2"], "valid choices"),
     ("T <= 1", ["train", "--T", "1", "--no-progress"], "T must be > 1"),
+    ("T = 0", ["train", "--T", "0", "--no-progress"], "T must be > 1"),
+    ("batch larger than the data", T_ARGS + ["--batch-size", "100000"], "larger than the training set (1500 images)"),
+    ("options on a preset", T_ARGS + ["--method", "adaptive:lr=0.1"],
+     "takes no options; give them to its sampler: 'adaptive:lr=0.1+none' (on the command line: --method adaptive"),
+    ("a pair of two kinds of time", T_ARGS + ["--method", "uniform+flow-none"], "pair flow-... with flow-..."),
+    ("an option given twice", T_ARGS + ["--sampler", "logit-normal:std=1,std=2"], "option 'std' is given twice"),
     ("negative gamma", T_ARGS + ["--weighting", "min-snr:gamma=-5"], "gamma"),
     ("K < 1", T_ARGS + ["--sampler", "adaptive:update_every=0"], "update_every"),
     ("|S| > T", T_ARGS + ["--sampler", "adaptive:subset_size=60"], "subset_size"),
@@ -77,6 +92,8 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("config value type", T_ARGS + ["--config", "{bad_type}"], "config key 'lr' must be of type float"),
     ("malformed config", T_ARGS + ["--config", "{bad_toml}"], "cannot read config file"),
     ("missing config", T_ARGS + ["--config", "/no/such.toml"], "does not exist"),
+    ("config of a list", T_ARGS + ["--config", "{list_config}"], "holds a list; expected an object"),
+    ("config is a folder", T_ARGS + ["--config", "{empty}"], "is a folder"),
     ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
     ("unknown precision", T_ARGS + ["--precision", "fp8"], "unknown precision 'fp8'; valid choices: bf16, fp32"),
     ("unknown built-in data", T_ARGS + ["--data", "photos"], "expected 'digits', 'photos32', a folder"),
@@ -94,6 +111,24 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
                                  "--num", "1"], "valid choices: ddim, ddpm"),
     ("plot an unknown method", ["plot-samplers", "--methods", "uniform,sped", "--out", "{empty}/p.png"],
      "unknown method 'sped'"),
+    ("plot nothing", ["plot-samplers", "--methods", "", "--flow-methods", "", "--out", "{empty}/p.png"],
+     "nothing to plot"),
+    ("plot into a folder", ["plot-samplers", "--methods", "uniform", "--out", "{empty}"], "is a folder"),
+    ("more DDIM steps than T", ["sample", "--checkpoint", "{run}", "--method", "ddim", "--steps", "51", "--num", "1",
+                                "--out", "{empty}/x.png"], "more DDIM steps than the run's T = 50"),
+    ("sample into a folder", ["sample", "--checkpoint", "{run}", "--num", "1", "--out", "{empty}"], "is a folder"),
+    ("sample on a device not here", ["sample", "--checkpoint", "{run}", "--num", "1", "--device", "cuda:99",
+                                     "--out", "{empty}/x.png"], "is not available on this machine"),
+    ("analyse a flow run", ["analyze", "timestep-loss", "--run", "{flow_run}", "--out", "{empty}/a"],
+     "take DDPM runs only"),
+    ("reward signal of one group", ["analyze", "reward-signal", "--run", "{run}", "--groups", "1",
+                                    "--out", "{empty}/a"], "--groups must be >= 2"),
+    ("interdependence at a negative lr", ["analyze", "interdependence", "--run", "{run}", "--lr", "-1",
+                                          "--out", "{empty}/a"], "--lr must be a finite number > 0"),
+    ("report records that are not there", ["bench", "--records", "/no/such/records", "--report-only",
+                                           "--out", "{empty}/b"], "is not a folder"),
+    ("a step-cost file that is not one", ["bench", "--records", "{empty}", "--report-only", "--step-cost", "{afile}",
+                                          "--out", "{empty}/b"], "is not a step-cost file"),
 ]
 
 
@@ -149,3 +184,18 @@ def test_the_speed_flags_reach_the_run(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (config["precision"], config["channels_last"], config["compile"]) == ("bf16", True, False)
     assert "bf16 autocast, channels-last" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b"", b"PK\x03\x04 truncated zip"], ids=["text", "empty", "truncated"])
+def test_a_damaged_checkpoint_file_is_named_not_a_traceback(damage, run, tmp_path, capsys):
+    # torch.load of a non-pickle raises UnpicklingError, which no other except clause caught
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    checkpoints = sorted((copy / "checkpoints").iterdir())
+    (checkpoints[-1] / "state.pt").write_bytes(damage)
+    assert main(["evaluate", "--checkpoint", str(checkpoints[-1]), "--estimate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "state.pt is unreadable or corrupted" in err, err
+    assert f"an earlier checkpoint may still be usable: {checkpoints[-2]}" in err, err

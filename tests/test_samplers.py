@@ -453,6 +453,13 @@ def test_every_learned_sampler_refuses_to_observe_a_batch_it_did_not_draw_for(sp
                 pass
 
 
+@pytest.mark.parametrize("spec, message", [(None, "a spec is a string"), (123, "a spec is a string"),
+                                           ("logit-normal:std=1,std=2", "option 'std' is given twice")])
+def test_a_spec_that_is_not_one_is_a_user_error(spec, message):
+    with pytest.raises(UserError, match=message):
+        make_sampler(spec, LINEAR)
+
+
 def test_invalid_calls_raise_user_errors():
     sampler = make_sampler("loss-second-moment", SMALL)
     with pytest.raises(UserError, match="one loss per timestep"):

@@ -30,6 +30,7 @@ from .data import load_data
 from .diffusion import mse_per_sample, q_sample
 from .errors import UserError, require
 from .evaluate import load_model
+from .objectives import objective_name
 from .schedule import NoiseSchedule
 from .train import DENSITY_LOG, resolve_device
 from .weighting import make_weighting
@@ -65,8 +66,12 @@ def parse_steps(steps: str | Sequence[int] | None) -> list[int] | None:
 
 
 def run_checkpoints(run: str | Path, steps: str | Sequence[int] | None = None) -> list[tuple[int, Path]]:
-    """(step, folder) of the run's checkpoints at `steps` (default: all present), oldest first."""
-    run_config(run)
+    """(step, folder) of the run's checkpoints at `steps` (default: all present), oldest first. Every analysis
+    of checkpoints measures the ε-MSE of a DDPM, so a rectified-flow run is refused rather than misread."""
+    objective = objective_name(run_config(run).objective)
+    require(objective == "ddpm", f"run {str(run)!r} trained the {objective!r} objective; the checkpoint analyses "
+                                 "(grad-variance, timestep-loss, interdependence, reward-signal) measure a DDPM's "
+                                 "ε-loss and take DDPM runs only")
     root = Path(run) / "checkpoints"
     present = {int(PATTERN.match(p.name).group(1)): p for p in list_checkpoints(root)}
     if not present:
@@ -278,6 +283,8 @@ def interdependence(run: str | Path, out: str | Path, *, step: int | None = None
     trains on all t (uniform) for comparison. matrix[i][j] = relative change of band j's loss after
     training on band i. Writes OUT/interdependence.{png,json}."""
     require(isinstance(train_steps, int) and train_steps >= 1, f"--train-steps must be >= 1, got {train_steps!r}")
+    require(lr is None or (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0),
+            f"--lr must be a finite number > 0, got {lr!r}")
     require(isinstance(images, int) and images >= 1, f"--images must be >= 1, got {images!r}")
     ckpt_step, model, schedule, ckpt_cfg, state, dataset = checkpoint_to_train_on(run, step, data, device)
     dev = next(model.parameters()).device

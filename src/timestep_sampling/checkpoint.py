@@ -5,6 +5,7 @@ always complete; older ones are deleted only after the new one exists."""
 from __future__ import annotations
 
 import json
+import pickle
 import os
 import re
 import shutil
@@ -84,7 +85,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> tuple[dict, dict, dict]:
             weights[f.stem] = load_file(f, device=str(map_location))
         current = path / "state.pt"
         state = torch.load(current, map_location=map_location, weights_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, pickle.UnpicklingError) as e:
         others = [str(p) for p in list_checkpoints(path.parent) if p != path]
         hint = f"; an earlier checkpoint may still be usable: {others[-1]}" if others else ""
         raise UserError(f"checkpoint file {current} is unreadable or corrupted ({type(e).__name__}){hint}") from None

@@ -55,6 +55,8 @@ def _plot_samplers(args) -> None:
     flow = [m.strip() for m in args.flow_methods.split(",") if m.strip()]
     flow += [m for m in methods if is_flow_method(m) and m not in flow]  # a flow method in --methods moves over
     discrete = [m for m in methods if m not in flow]
+    if not discrete and not flow:
+        raise UserError("nothing to plot: name methods in --methods (or --flow-methods)")
     if discrete:
         x0 = load_data(args.data).train[:256]  # data-conditioned samplers (adaptive) are drawn averaged over it
         plot_samplers(NoiseSchedule(args.schedule, T=args.T), discrete, args.out, x0=x0)

@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import UserError, unknown_choice
+from .errors import UserError, require, unknown_choice
 from .methods import method_label
 
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass; see TrainConfig.precision
@@ -68,6 +68,8 @@ class TrainConfig:
     log_every: int = 50
 
     def validate(self) -> "TrainConfig":
+        if self.T <= 1:  # before the generic check, so that T = 0 and T = 1 get the same message
+            raise UserError(f"T must be > 1, got {self.T}")
         positive = ["T", "steps", "batch_size", "log_every", "keep_checkpoints", "max_bad_steps", "eval_strata"]
         for name in positive:
             if getattr(self, name) < 1:
@@ -77,8 +79,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):  # NaN passes a plain `< 0`
                 raise UserError(f"{name} must be a finite number >= 0, got {value}")
-        if self.T <= 1:
-            raise UserError(f"T must be > 1, got {self.T}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:
@@ -114,13 +114,18 @@ def field_names() -> list[str]:
 def read_config_file(path: str | Path) -> dict:
     """Keys and values from a .json or .toml file, unchecked."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {str(path)!r} is a folder; expected a .json or .toml file")
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
         text = path.read_text()
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read config file {str(path)!r} ({e}); expected JSON or TOML") from None
+    require(isinstance(values, dict),
+            f"config file {str(path)!r} holds a {type(values).__name__}; expected an object of option: value")
+    return values
 
 
 def make_config(file: str | Path | None = None, **overrides) -> TrainConfig:

@@ -18,11 +18,12 @@ from .bound import BoundResult, estimate_bpd, exact_bpd
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import make_config
 from .data import load_data
+from .devices import check_device
 from .errors import UserError, require, unknown_choice
 from .flow import SAMPLE_SOLVERS, SOLVERS, TRACES, FlowLikelihood
 from .models import make_unet
 from .objectives import make_objective
-from .sampling import ddim_sample, ddpm_sample, save_grid
+from .sampling import check_image_path, ddim_sample, ddpm_sample, save_grid
 from .schedule import NoiseSchedule
 
 DDPM_SAMPLERS = ("ddim", "ddpm")
@@ -45,6 +46,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device="cpu", use_ema: bool = True):
     """(model, schedule, config, meta) from a checkpoint; the EMA weights by default."""
+    device = check_device(device) or "cpu"  # before loading: a missing device is not a corrupt checkpoint
     path = resolve_checkpoint(path)
     weights, _, meta = load_checkpoint(path, map_location=device)
     cfg = make_config(**meta["config"])
@@ -196,6 +198,9 @@ def sample_checkpoint(path, out: str | Path, *, num: int = 64, method: str | Non
                         f"this checkpoint is {kind}: valid choices: {', '.join(valid)}")
     if method not in valid:
         raise unknown_choice("sampling method", method, valid)
+    require(flow or method != "ddim" or steps is None or steps <= schedule.T,
+            f"--steps {steps} is more DDIM steps than the run's T = {schedule.T} timesteps")
+    check_image_path(out)
     shape = (num,) + tuple(meta["data_shape"])
     gen = torch.Generator().manual_seed(seed)
     if flow:
@@ -208,7 +213,4 @@ def sample_checkpoint(path, out: str | Path, *, num: int = 64, method: str | Non
     else:
         images = ddim_sample(model, schedule, shape, steps=steps or 50, device=device, generator=gen,
                              progress=progress)
-    try:
-        return save_grid(images, out)
-    except OSError as e:
-        raise UserError(f"cannot write {str(out)!r} ({e.strerror or e})") from None
+    return save_grid(images, out)

@@ -119,6 +119,12 @@ def method_specs(name: str) -> tuple[str, str]:
     if len(parts) == 2:
         require(all(p.strip() for p in parts), f"cannot read method {name!r}; expected 'sampler+weighting'")
         return parts[0].strip(), parts[1].strip()
+    preset = name.partition(":")[0].strip()
+    if preset in METHODS:  # "adaptive:lr=0.1": a preset is a fixed pair; options belong to its sampler's spec
+        sampler, weighting = METHODS[preset]
+        sampler += ("," if ":" in sampler else ":") + name.partition(":")[2].strip()
+        raise UserError(f"method {preset!r} is a preset and takes no options; give them to its sampler: "
+                        f"'{sampler}+{weighting}' (on the command line: --method {preset} --sampler '{sampler}')")
     error = unknown_choice("method", name, PRESETS)
     raise UserError(f"{error}; or pair any sampler and weighting as 'sampler+weighting', e.g. 'speed+min-snr:gamma=5'")
 
@@ -151,12 +157,17 @@ def make_method(name: str, schedule: NoiseSchedule | None = None, prediction: st
     sampler = make_sampler(sampler_spec, schedule, **sampler_options)
     weighting = make_weighting(weighting_spec, schedule, **(
         {} if prediction is None or sampler.continuous else {"prediction": prediction}))
+    check_pair(name, sampler, weighting)
+    sampler.pair_weighting(weighting)  # a credit that targets the loop's objective needs its weighting
+    return sampler, weighting
+
+
+def check_pair(name: str, sampler: TimestepSampler, weighting: LossWeighting) -> None:
+    """A sampler and a weighting of the same kind of time: discrete timesteps, or rectified flow's t in (0, 1)."""
     if sampler.continuous != weighting.continuous:
         kinds = {True: "continuous times t in (0, 1) (rectified flow)", False: "discrete timesteps"}
         raise UserError(f"method {name!r} pairs a sampler of {kinds[sampler.continuous]} with a weighting of "
                         f"{kinds[weighting.continuous]}; pair flow-... with flow-...")
-    sampler.pair_weighting(weighting)  # a credit that targets the loop's objective needs its weighting
-    return sampler, weighting
 
 
 def is_flow_method(name: str) -> bool:

@@ -10,13 +10,25 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, require
 from .methods import make_method
 from .samplers import TimestepSampler
 from .schedule import NoiseSchedule
 
 LINESTYLES = ("-", "--", "-.", ":")
 
+
+
+def save_png(fig, out_path, dpi: int) -> Path:
+    """fig as a PNG at out_path (its folder made); a folder or an unwritable path is a UserError."""
+    out_path = Path(out_path)
+    require(not out_path.is_dir(), f"{str(out_path)!r} is a folder; give an image file, e.g. {out_path / 'plot.png'}")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, format="png", dpi=dpi)
+    except OSError as e:
+        raise UserError(f"cannot write {str(out_path)!r} ({e.strerror or e})") from None
+    return out_path
 
 def trained_density(sampler: TimestepSampler, x0: torch.Tensor | None = None) -> tuple[torch.Tensor | None, str]:
     """(pmf of the timesteps the sampler trains, note for the legend); (None, why) if it has none.
@@ -109,9 +121,7 @@ def plot_samplers(schedule: NoiseSchedule, methods: list[str], out_path, predict
         ax.grid(alpha=0.3)
     fig.suptitle(f"timestep samplers and weightings, {schedule.name} schedule, T = {schedule.T}")
     fig.legend(loc="outside lower center", ncols=min(4, max(1, len(methods))), fontsize="small")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=dpi)
+    out_path = save_png(fig, out_path, dpi)
     return labels
 
 
@@ -135,7 +145,8 @@ def plot_flow_samplers(methods: list[str], out_path, figsize: tuple[float, float
 
     for name in methods:
         if not is_flow_method(name):
-            raise UserError(f"method {name!r} draws discrete timesteps; plot it with plot_samplers")
+            raise UserError(f"method {name!r} draws discrete timesteps: plot it with plot_samplers (on the command "
+                            "line, --methods rather than --flow-methods)")
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     axes = fig.subplots(2, 2)  # per unit of t and per unit of λ differ in scale: no shared y
     t = flow_grid(points)
@@ -178,9 +189,7 @@ def plot_flow_samplers(methods: list[str], out_path, figsize: tuple[float, float
         ax.grid(alpha=0.3)
     fig.suptitle("rectified flow: time samplers and weightings (x_t = (1 − t)·x0 + t·ε)")
     fig.legend(loc="outside lower center", ncols=min(4, max(1, len(methods))), fontsize="small")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=dpi)
+    out_path = save_png(fig, out_path, dpi)
     return labels
 
 
@@ -240,7 +249,5 @@ def plot_density_over_training(steps, densities, out_path, title: str | None = N
     lines.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=dpi)
+    out_path = save_png(fig, out_path, dpi)
     return out_path

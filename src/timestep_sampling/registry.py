@@ -5,7 +5,7 @@ import ast
 import inspect
 from typing import Callable
 
-from .errors import UserError, unknown_choice
+from .errors import UserError, require, unknown_choice
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -14,12 +14,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     Values are read as Python literals where they parse as one (numbers, True/False/None, lists),
     otherwise kept as strings.
     """
+    require(isinstance(spec, str), f"a spec is a string such as 'min-snr:gamma=5', got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     options = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise UserError(f"cannot read option {item!r} in {spec!r}; expected name:key=value,key=value")
+        require(key.strip().replace("-", "_") not in options, f"option {key.strip()!r} is given twice in {spec!r}")
         try:
             options[key.strip().replace("-", "_")] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):

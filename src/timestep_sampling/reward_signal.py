@@ -65,6 +65,8 @@ def reward_signal(run, out, *, step: int | None = None, updates: int = 20, group
                   data: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Score `updates` training steps from the checkpoint at `step` (default the latest) with every estimator."""
     require(isinstance(updates, int) and updates >= 2, f"--updates must be >= 2, got {updates!r}")
+    require(isinstance(groups, int) and groups >= 2, f"--groups must be >= 2 (an F-test compares groups of t), "
+                                                     f"got {groups!r}")
     ckpt_step, model, schedule, ckpt_cfg, state, dataset = checkpoint_to_train_on(run, step, data, device)
     dev = next(model.parameters()).device
     train_x = dataset.train.to(dev)

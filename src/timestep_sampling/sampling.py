@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import p_mean_variance, predict_eps
+from .errors import UserError, require
 from .schedule import NoiseSchedule
 
 
@@ -43,9 +44,20 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
     return x.clamp(-1, 1)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def check_image_path(path: str | Path) -> None:
+    """Refuse, before any sampling, an output that cannot be an image file: a folder, or no image suffix."""
+    path = Path(path)
+    require(not path.is_dir(), f"{str(path)!r} is a folder; give an image file, e.g. {path / 'grid.png'}")
+    require(path.suffix.lower() in IMAGE_SUFFIXES,
+            f"{str(path)!r} needs an image suffix ({', '.join(IMAGE_SUFFIXES)}), e.g. grid.png")
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, min_size: int = 256) -> Path:
     """Write images in [-1, 1] (N, C, H, W) as one PNG grid, upscaled by whole pixels so that an 8x8
-    digit is visible."""
+    digit is visible. An unwritable path is a UserError."""
     from PIL import Image
 
     images = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -60,6 +72,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
     scale = max(1, min_size // grid.shape[1])
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    check_image_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    except OSError as e:
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror or e})") from None
     return path

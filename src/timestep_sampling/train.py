@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
 from .devices import check_device
 from .errors import UserError, require
-from .methods import effective_specs, method_label
+from .methods import check_pair, effective_specs, method_label
 from .models import count_parameters, make_unet
 from .objectives import make_objective
 from .plotting import binned_flow_density, plot_density_over_training, sampler_learns, trained_density
@@ -132,9 +132,14 @@ def preflight(cfg: TrainConfig) -> ImageDataset:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     schedule = build_schedule(cfg)
     sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
-    make_sampler(sampler_spec, schedule)  # built again by the trainer, after its seeding; here only checked
-    make_weighting(weighting_spec, schedule)
-    return load_data(cfg.data)
+    # built again by the trainer, after its seeding; here only checked
+    check_pair(f"{sampler_spec}+{weighting_spec}", make_sampler(sampler_spec, schedule),
+               make_weighting(weighting_spec, schedule))
+    data = load_data(cfg.data)
+    require(cfg.batch_size <= len(data.train),
+            f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train)} images): every batch "
+            f"would hold each image more than once; use at most {len(data.train)}")
+    return data
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}

@@ -121,10 +121,16 @@ def read_record(folder: Path, name: str, settings, fingerprint: str | None = Non
     return record
 
 
-def all_records(folder: Path, settings) -> list[dict]:
-    """Every record in the folder made under these grid settings, in file-name order."""
+def all_records(folder: Path, settings, say=None) -> list[dict]:
+    """Every record in the folder made under these grid settings, in file-name order; `say` (print) is told
+    the files that could not be read as records."""
     key = _jsonable(grid_key(settings))
-    records = (load_record(p) for p in sorted(Path(folder).glob("*.json")))
+    paths = sorted(Path(folder).glob("*.json"))
+    records = [load_record(p) for p in paths]
+    unreadable = [p.name for p, r in zip(paths, records) if r is None]
+    if unreadable and say is not None:
+        say(f"skipped {len(unreadable)} file(s) in {folder} that are not readable run records: "
+            f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}")
     return [r for r in records if r is not None and _same_grid(r, key)]
 
 
@@ -135,11 +141,28 @@ def load_record(path: Path) -> dict | None:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None  # unreadable: treated as absent, so the cell is run again
-    if not isinstance(record, dict):
+    if not _well_formed(record):
         return None
-    if isinstance(record.get("evals"), list):
-        record["evals"] = [legacy_scores(e) for e in record["evals"]]
+    record["evals"] = [legacy_scores(e) for e in record["evals"]]
     return unpack_record(record)
+
+
+def _well_formed(record) -> bool:
+    """The fields every reader of a record indexes: a cell's names and seed, and evaluations with a step and
+    numeric scores (a hand-edited or truncated-then-repaired file must not reach the report as a traceback)."""
+    if not (isinstance(record, dict) and isinstance(record.get("method"), str)
+            and isinstance(record.get("schedule"), str) and isinstance(record.get("seed"), int)
+            and isinstance(record.get("evals"), list) and record["evals"]):
+        return False
+    cell = (record["method"], record["schedule"], record["seed"])
+    for e in record["evals"]:
+        if not (isinstance(e, dict) and isinstance(e.get("step"), int) and isinstance(e.get("bpd_method"), str)
+                and (e.get("method"), e.get("schedule"), e.get("seed")) == cell):
+            return False
+        scores = [v for k, v in e.items() if k.startswith(("test_", "train_", "fd", "fid"))]
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in scores):
+            return False
+    return True
 
 
 def legacy_scores(evaluation: dict) -> dict:

@@ -3,6 +3,7 @@ finished or recorded), scoring it, writing its record, and at the end the tables
 run of the grid."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import redirect_stdout
@@ -152,12 +153,17 @@ def fill_record(settings: BenchSettings, kept: dict, scorers, device, metrics: l
 
 
 def read_step_cost(path: str, flow: bool) -> dict[str, float]:
-    """Method → seconds per training step / the baseline's, from a benchmarks/step_cost.py file."""
-    part = read_json(Path(path), {}).get("objectives", {}).get("flow" if flow else "ddpm")
+    """Method → seconds per training step / the baseline's, from a benchmarks/step_cost.py file. A file that
+    is missing, unreadable or not of that shape is a UserError: a report must not name a source it did not use."""
+    refused = UserError(f"--step-cost {path!r} is not a step-cost file (benchmarks/step_cost.py writes one)")
     try:
-        return {m: float(row["ratio"]) for m, row in (part or {}).get("methods", {}).items()}
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise UserError(f"--step-cost {path!r} is not a step-cost file (benchmarks/step_cost.py writes one)") from None
+        part = json.loads(Path(path).read_text())["objectives"].get("flow" if flow else "ddpm") or {}
+        ratios = {m: float(row["ratio"]) for m, row in part.get("methods", {}).items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        raise refused from None
+    if not all(math.isfinite(r) and r > 0 for r in ratios.values()):
+        raise refused
+    return ratios
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -170,6 +176,7 @@ def run_bench(settings: BenchSettings) -> dict:
     except OSError as e:
         raise UserError(f"cannot write to output folder {str(out)!r} ({e.strerror or e})") from None
     device = train_module.resolve_device(settings.device)
+    step_cost = read_step_cost(settings.step_cost, settings.flow) if settings.step_cost else None  # fail early
     # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
     grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
     for cell in [] if settings.report_only else grid:  # a report-only run trains nothing, so nothing can fail
@@ -250,7 +257,6 @@ def run_bench(settings: BenchSettings) -> dict:
         for r in kept:
             if (r.get("cost") or {}).get("steps_per_sec"):
                 recorded_rates.setdefault(r["method"], []).append(r["cost"]["steps_per_sec"])
-    step_cost = read_step_cost(settings.step_cost, settings.flow) if settings.step_cost else None
 
     summary = summarize(records)
     baseline, strongest = references(settings.flow)

@@ -111,7 +111,7 @@ def current_records(settings: BenchSettings, say=None) -> list[dict]:
     each `-final` cell whose learned run is among them: a preset whose defaults changed since a record was
     made names another method, and its old record must not stand in the report under the new meaning."""
     kept, stale = [], []
-    records = all_records(settings.records, settings)
+    records = all_records(settings.records, settings, say)
     for r in records:
         if r["method"].endswith(FINAL_SUFFIX):
             continue
