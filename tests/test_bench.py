@@ -644,7 +644,9 @@ def test_a_density_track_is_recorded_compact_and_read_back_exactly(tmp_path):
     settings = tiny_settings(tmp_path / "out", records=str(tmp_path / "rec"))
     track = {"steps": [0, 5], "density": rows, "tv_from_start": 0.5, "alpha": None, "beta": None}
     path = bench_records.write_record(settings.records, "x__linear__s0", settings,
-                                      {"method": "x", "schedule": "linear", "seed": 0, "sampler": track})
+                                      {"method": "x", "schedule": "linear", "seed": 0, "sampler": track,
+                                       "evals": [{"method": "x", "schedule": "linear", "seed": 0, "step": 5,
+                                                  "bpd_method": "estimate", "test_bpd": 3.0}]})
     assert json.loads(path.read_text())["sampler"]["density"] == packed
     assert bench_records.read_record(settings.records, "x__linear__s0", settings)["sampler"] == track
     old = json.loads(path.read_text())
@@ -774,7 +776,8 @@ def test_the_report_leaves_out_records_of_what_a_name_used_to_mean(tmp_path):
     for method, fingerprint in cells:
         bench_records.write_record(settings.records, bench.run_name(method, "linear", 0), settings,
                                    {"method": method, "schedule": "linear", "seed": 0, "fingerprint": fingerprint,
-                                    "evals": [], "sampler": None})
+                                    "sampler": None, "evals": [{"method": method, "schedule": "linear", "seed": 0,
+                                                                "step": 5, "bpd_method": "estimate"}]})
     notes = []
     kept = bench.current_records(settings, say=notes.append)
     assert [r["method"] for r in kept] == ["uniform"]

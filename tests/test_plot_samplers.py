@@ -98,7 +98,7 @@ def test_flow_figure_is_written_and_complete(tmp_path):
     assert labels == methods
     with Image.open(out) as image:
         assert image.size == (400, 300) and len(image.convert("RGB").getcolors(1 << 20)) > 20
-    with pytest.raises(UserError, match="draws discrete timesteps; plot it with plot_samplers"):
+    with pytest.raises(UserError, match="draws discrete timesteps: plot it with plot_samplers"):
         plot_flow_samplers(["uniform"], tmp_path / "x.png")
 
 

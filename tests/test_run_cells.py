@@ -114,7 +114,9 @@ def test_a_final_control_recorded_without_its_learned_samplers_floor_is_missing(
     assert ",mix=0.05,unbiased=True" in spec
     name = bench_records.run_name("adaptive-variance-final", "linear", 0)
     record = {"method": "adaptive-variance-final", "schedule": "linear", "seed": 0,
-              "trained_as": spec.replace(",mix=0.05", ""), "evals": [], "sampler": None}
+              "trained_as": spec.replace(",mix=0.05", ""), "sampler": None,
+              "evals": [{"method": "adaptive-variance-final", "schedule": "linear", "seed": 0, "step": 3000,
+                         "bpd_method": "exact", "test_bpd": 2.9}]}
     bench_records.write_record(tmp_path, name, settings, record)
     assert run_cells.missing_cells(settings, tmp_path) == [("adaptive-variance-final", "linear", 0)]
     assert [r["method"] for r in bench.current_records(settings)] == ["adaptive-variance"]

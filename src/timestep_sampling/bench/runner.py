@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .. import train as train_module
 from ..checkpoint import latest_checkpoint
 from ..config import make_config
-from ..errors import UserError
+from ..errors import UserError, require
 from .jsonfiles import read_json, read_jsonl, write_json
 from .records import code_version, provenance, run_name, write_record
 from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
@@ -177,6 +177,8 @@ def run_bench(settings: BenchSettings) -> dict:
         raise UserError(f"cannot write to output folder {str(out)!r} ({e.strerror or e})") from None
     device = train_module.resolve_device(settings.device)
     step_cost = read_step_cost(settings.step_cost, settings.flow) if settings.step_cost else None  # fail early
+    require(not settings.report_only or Path(settings.records).is_dir(),
+            f"--records {settings.records!r} is not a folder: --report-only reports the records a folder holds")
     # A frozen-final cell needs its learned run's end: it goes last, and its config is made when it is reached.
     grid = sorted(settings.grid(), key=lambda cell: cell[0].endswith(FINAL_SUFFIX))
     for cell in [] if settings.report_only else grid:  # a report-only run trains nothing, so nothing can fail

@@ -191,8 +191,6 @@ def validate(settings: BenchSettings) -> None:
                                              "--fd-samplers (a DDPM grid's)")
     require(not settings.report_only or settings.records,
             "--report-only reports what a --records folder holds: add --records FOLDER")
-    require(not settings.report_only or Path(settings.records).is_dir(),
-            f"--records {settings.records!r} is not a folder: --report-only reports the records a folder holds")
     if settings.step_cost is not None:
         require(Path(settings.step_cost).is_file(),
                 f"--step-cost {settings.step_cost!r} is not a file; benchmarks/step_cost.py writes one")
