@@ -3,6 +3,7 @@ finished or recorded), scoring it, writing its record, and at the end the tables
 run of the grid."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import time
@@ -166,9 +167,17 @@ def read_step_cost(path: str, flow: bool) -> dict[str, float]:
     return ratios
 
 
+# The package modules the bench otherwise imports lazily (scoring, plotting). A cell runs for many minutes;
+# importing them at its start means the run uses one commit's code throughout, even when the checkout is
+# updated under it (a module of a newer commit imported mid-run once broke two cells with an ImportError).
+_LAZY_MODULES = ("data", "evaluate", "frechet", "plotting", "sampling")
+
+
 def run_bench(settings: BenchSettings) -> dict:
     """Train, score and report the whole grid; returns the paths written and the headline numbers."""
     wall = time.perf_counter()
+    for name in _LAZY_MODULES:
+        importlib.import_module(f"{__package__.rpartition('.')[0]}.{name}")
     code_version()  # the commit the records will name: this code's, read before anything is trained
     out = Path(settings.out)
     try:
