@@ -100,6 +100,8 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
     ("resume another run's folder without a checkpoint", T_ARGS + ["--out", "{other_run}", "--resume"],
      "(no checkpoint yet) is a run with T=60 but this run has T=50"),
+    ("train again into a run", ["train", "--out", "{run}", "--T", "50", "--steps", "1", "--no-progress"],
+     "already holds a training run: --resume continues it, --overwrite starts it again"),
     ("resume with another T", ["train", "--out", "{run}", "--resume", "--T", "60", "--no-progress"], "T"),
     ("resume with another schedule", ["train", "--out", "{run}", "--resume", "--T", "50", "--schedule", "cosine",
                                       "--no-progress"], "schedule='linear' but this run has schedule='cosine'"),
@@ -199,3 +201,17 @@ def test_a_damaged_checkpoint_file_is_named_not_a_traceback(damage, run, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "state.pt is unreadable or corrupted" in err, err
     assert f"an earlier checkpoint may still be usable: {checkpoints[-2]}" in err, err
+
+
+def test_overwrite_starts_a_run_again_without_the_old_checkpoints(run, tmp_path):
+    # a fresh start that left the old run's later checkpoints would let a --resume continue the other run
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert [p.name for p in sorted((copy / "checkpoints").iterdir())] == ["step_00000001", "step_00000002"]
+    argv = ["train", "--out", str(copy), "--steps", "1", "--T", "50", "--batch-size", "8", "--num-samples", "0",
+            "--eval-every", "0", "--checkpoint-every", "1", "--warmup", "1", "--no-progress"]
+    assert main(argv + ["--overwrite"]) == 0
+    assert [p.name for p in sorted((copy / "checkpoints").iterdir())] == ["step_00000001"]
+    assert [json.loads(line)["step"] for line in (copy / "metrics.jsonl").read_text().splitlines()][-1] == 1

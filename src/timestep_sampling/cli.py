@@ -20,7 +20,23 @@ def _train(args) -> None:
                  "num_samples", "warmup", "ema_decay", "ema_warmup", "precision", "channels_last", "compile",
                  "objective")}
     cfg = make_config(args.config, **overrides)
+    _refuse_to_overwrite(cfg.out, args.resume or args.overwrite)
     train(cfg, resume=args.resume, progress=not args.no_progress)
+
+
+def _refuse_to_overwrite(out: str, allowed: bool) -> None:
+    """A run's folder is not started again by accident: that would replace its config, metrics and
+    checkpoints. (Checked before the process group forms, so every rank of a torchrun sees the same folder.)"""
+    from pathlib import Path
+
+    from .checkpoint import list_checkpoints
+
+    folder = Path(out)
+    if allowed or not folder.is_dir():
+        return
+    if (folder / "config.json").is_file() or list_checkpoints(folder / "checkpoints"):
+        raise UserError(f"{out!r} already holds a training run: --resume continues it, --overwrite starts it again "
+                        "from step 0 (replacing its checkpoints and metrics), or give another --out")
 
 
 def _evaluate(args) -> None:
@@ -301,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (none yet: "
                                                          "start from step 0, unless --out is another run's)")
+    p.add_argument("--overwrite", action="store_true", help="start again from step 0 in an --out that already holds a "
+                                                            "run (without it, such an --out is refused)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 

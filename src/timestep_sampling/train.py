@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -203,11 +204,15 @@ class Trainer:
 
     # ----- output -----------------------------------------------------------------------------
     def _start_fresh(self) -> None:
+        """Step 0 in --out: an earlier run's checkpoints and logs there go (`train --overwrite`), or a later
+        --resume would continue from a checkpoint of that other run."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
             (self.out / "samples").mkdir(exist_ok=True)
             self.cfg.save(self.out / "config.json")
             (self.out / "metrics.jsonl").write_text("")
+            (self.out / DENSITY_LOG).unlink(missing_ok=True)
         except OSError as e:
             raise UserError(f"cannot write to output folder {str(self.out)!r} ({e.strerror or e})") from None
 
