@@ -10,25 +10,20 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, require
+from .errors import UserError
 from .methods import make_method
 from .samplers import TimestepSampler
+from .sampling import write_image_file
 from .schedule import NoiseSchedule
 
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-
 def save_png(fig, out_path, dpi: int) -> Path:
-    """fig as a PNG at out_path (its folder made); a folder or an unwritable path is a UserError."""
-    out_path = Path(out_path)
-    require(not out_path.is_dir(), f"{str(out_path)!r} is a folder; give an image file, e.g. {out_path / 'plot.png'}")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, format="png", dpi=dpi)
-    except OSError as e:
-        raise UserError(f"cannot write {str(out_path)!r} ({e.strerror or e})") from None
-    return out_path
+    """fig as a PNG at out_path (sampling.write_image_file: its folder made, a folder or an unwritable path
+    refused)."""
+    return write_image_file(out_path, lambda path: fig.savefig(path, format="png", dpi=dpi))
+
 
 def trained_density(sampler: TimestepSampler, x0: torch.Tensor | None = None) -> tuple[torch.Tensor | None, str]:
     """(pmf of the timesteps the sampler trains, note for the legend); (None, why) if it has none.

@@ -21,11 +21,12 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise UserError(f"cannot read option {item!r} in {spec!r}; expected name:key=value,key=value")
-        require(key.strip().replace("-", "_") not in options, f"option {key.strip()!r} is given twice in {spec!r}")
+        option = key.strip().replace("-", "_")
+        require(option not in options, f"option {key.strip()!r} is given twice in {spec!r}")
         try:
-            options[key.strip().replace("-", "_")] = ast.literal_eval(value.strip())
+            options[option] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            options[key.strip().replace("-", "_")] = value.strip()
+            options[option] = value.strip()
     return name.strip(), options
 
 

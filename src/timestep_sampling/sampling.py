@@ -47,6 +47,18 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, *, steps: int = 50, eta: 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def write_image_file(path: str | Path, save) -> Path:
+    """save(path) after making path's folder: a folder given as the path, or an unwritable one, is a UserError."""
+    path = Path(path)
+    require(not path.is_dir(), f"{str(path)!r} is a folder; give an image file, e.g. {path / 'grid.png'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(path)
+    except OSError as e:
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror or e})") from None
+    return path
+
+
 def check_image_path(path: str | Path) -> None:
     """Refuse, before any sampling, an output that cannot be an image file: a folder, or no image suffix."""
     path = Path(path)
@@ -71,11 +83,5 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, m
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
     scale = max(1, min_size // grid.shape[1])
     grid = grid.repeat(scale, 0).repeat(scale, 1)
-    path = Path(path)
     check_image_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
-    except OSError as e:
-        raise UserError(f"cannot write {str(path)!r} ({e.strerror or e})") from None
-    return path
+    return write_image_file(path, Image.fromarray(grid[..., 0] if c == 1 else grid).save)

@@ -26,13 +26,11 @@ from .config import TrainConfig
 from .data import ImageDataset, batch_indices, load_data
 from .devices import check_device
 from .errors import UserError, require
-from .methods import check_pair, effective_specs, method_label
+from .methods import effective_specs, make_method, method_label
 from .models import count_parameters, make_unet
 from .objectives import make_objective
 from .plotting import binned_flow_density, plot_density_over_training, sampler_learns, trained_density
-from .samplers import make_sampler
 from .schedule import NoiseSchedule
-from .weighting import make_weighting
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,12 +74,17 @@ def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
     return NoiseSchedule(cfg.schedule, T=cfg.T, beta_start=cfg.beta_start, beta_end=cfg.beta_end)
 
 
-def build_method(cfg: TrainConfig, schedule: NoiseSchedule, data: ImageDataset):
-    """(sampler, weighting) from the method preset, with --sampler / --weighting overriding its parts.
-    Samplers that score the bound themselves (adaptive) are told the data's quantisation."""
+def build_pair(cfg: TrainConfig, schedule: NoiseSchedule):
+    """(sampler, weighting) from the method preset, with --sampler / --weighting overriding its parts: the
+    library's make_method of that pair (one kind of time, the weighting paired to the sampler's credit)."""
     sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
-    sampler, weighting = make_sampler(sampler_spec, schedule), make_weighting(weighting_spec, schedule)
-    sampler.pair_weighting(weighting)  # a credit that targets the loop's objective needs its weighting
+    return make_method(f"{sampler_spec}+{weighting_spec}", schedule)
+
+
+def build_method(cfg: TrainConfig, schedule: NoiseSchedule, data: ImageDataset):
+    """build_pair's (sampler, weighting); samplers that score the bound themselves (adaptive) are told the
+    data's quantisation."""
+    sampler, weighting = build_pair(cfg, schedule)
     if hasattr(sampler, "configure_bound"):
         sampler.configure_bound(bins=data.bins, variance=cfg.variance)
     return sampler, weighting
@@ -132,10 +135,7 @@ def preflight(cfg: TrainConfig) -> ImageDataset:
     if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     schedule = build_schedule(cfg)
-    sampler_spec, weighting_spec = effective_specs(cfg.method, cfg.sampler, cfg.weighting)
-    # built again by the trainer, after its seeding; here only checked
-    check_pair(f"{sampler_spec}+{weighting_spec}", make_sampler(sampler_spec, schedule),
-               make_weighting(weighting_spec, schedule))
+    build_pair(cfg, schedule)  # built again by the trainer, after its seeding; here only checked
     data = load_data(cfg.data)
     require(cfg.batch_size <= len(data.train),
             f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train)} images): every batch "

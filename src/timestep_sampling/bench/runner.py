@@ -177,7 +177,7 @@ def run_bench(settings: BenchSettings) -> dict:
     """Train, score and report the whole grid; returns the paths written and the headline numbers."""
     wall = time.perf_counter()
     for name in _LAZY_MODULES:
-        importlib.import_module(f"{__package__.rpartition('.')[0]}.{name}")
+        importlib.import_module(f"..{name}", __package__)
     code_version()  # the commit the records will name: this code's, read before anything is trained
     out = Path(settings.out)
     try:
