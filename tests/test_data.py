@@ -375,6 +375,11 @@ def _npz_out_of_range(root):
     return root / "range.npz", ["[3.5, 3.5]", "expected [-1, 1]"]
 
 
+def _npz_zero_one(root):
+    np.savez(root / "unit.npz", x=np.random.default_rng(0).uniform(0, 1, (10, 8, 8)).astype(np.float32))
+    return root / "unit.npz", ["none below 0", "images in [0, 1]", "x * 2 - 1"]
+
+
 def _npz_small(root):
     np.savez(root / "tiny.npz", x=np.zeros((10, 1, 4, 4), dtype=np.uint8))
     return root / "tiny.npz", ["too small"]
@@ -409,8 +414,8 @@ def _cifar_bad_batch(root):
 
 
 @pytest.mark.parametrize("make", [_missing, _unknown_word, _empty, _garbage_png, _mixed_sizes, _small, _non_square,
-                                  _npz_wrong_ndim, _npz_out_of_range, _npz_small, _npz_not_zip, _cifar_no_test,
-                                  _cifar_bad_batch])
+                                  _npz_wrong_ndim, _npz_out_of_range, _npz_zero_one, _npz_small, _npz_not_zip,
+                                  _cifar_no_test, _cifar_bad_batch])
 def test_user_errors_are_one_line_and_name_the_problem(tmp_path, make):
     spec, keywords = make(tmp_path)
     with pytest.raises(UserError) as info:

@@ -44,6 +44,8 @@ KEEP_HINT = ("the trainer keeps only the newest keep_checkpoints (default 2); to
 def run_config(run: str | Path) -> TrainConfig:
     """The effective config a run folder was trained with (its config.json)."""
     run = Path(run)
+    if run.is_file():
+        raise UserError(f"--run {str(run)!r} is a file; expected the --out folder of a training run")
     if not run.is_dir():
         raise UserError(f"run folder {str(run)!r} does not exist; expected the --out folder of a training run")
     path = run / "config.json"

@@ -374,6 +374,10 @@ def _npz_images(a: np.ndarray, bins: int | None, source: str) -> tuple[torch.Ten
         lo, hi = x.min().item(), x.max().item()
         require(-1 <= lo and hi <= 1, f"{source}: float pixel values span [{lo:.4g}, {hi:.4g}]; expected [-1, 1] "
                                       f"(or uint8 0..255)")
+        # Images in [-1, 1] have dark pixels below 0; none at all is the [0, 1] of ToTensor-style data, which
+        # would train silently on half the range and score bits/dim against the wrong levels.
+        require(lo < 0, f"{source}: float pixel values span [{lo:.4g}, {hi:.4g}], none below 0: this looks like "
+                        f"images in [0, 1]; save them as x * 2 - 1 (expected [-1, 1]) or as uint8 0..255")
         return x, 256 if bins is None else bins
     raise UserError(f"{source} has dtype {a.dtype}; expected uint8 (0..255) or float in [-1, 1]")
 

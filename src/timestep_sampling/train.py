@@ -283,6 +283,11 @@ class Trainer:
             return False
         weights, state, meta = load_checkpoint(path, map_location=self.device)
         check_compatible(meta, self.cfg, self.data)
+        if state["step"] > self.cfg.steps:  # else it would skip training and evaluate the later model as final
+            raise UserError(f"--resume: the last checkpoint ({path.name}) is past --steps {self.cfg.steps}; give "
+                            f"--steps {state['step']} or more to continue this run, or a new --out to start one")
+        if state["step"] == self.cfg.steps:
+            self.say(f"--resume: the run is at --steps {self.cfg.steps} already; repeating its final evaluation")
         self.net.load_state_dict(weights["model"])
         self._adopt_ema_rule(meta["config"].get("ema_warmup", False))
         self.ema.load_state_dict(weights["ema"])  # with its update count, n_averaged
