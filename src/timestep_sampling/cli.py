@@ -263,7 +263,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
                    help="ddpm (default) or flow: rectified flow with flow-... methods (default: flow-uniform, "
                         "flow-logit-normal, flow-mode, flow-cosmap, flow-beta-0.95, flow-adaptive, "
-                        "flow-adaptive-frozen, flow-adaptive-final), scored by the ODE likelihood and FD of "
+                        "flow-adaptive-min-snr, flow-adaptive-frozen, flow-adaptive-final), scored by the ODE likelihood and FD of "
                         "Euler and Heun samples (--ddim-steps steps each)")
     p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
                                      "the same settings are skipped, each finished run adds its record, and the "
