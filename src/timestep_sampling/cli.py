@@ -229,14 +229,16 @@ def _bench(args) -> None:
 
 
 def _add_bench_parser(sub) -> None:
+    # The default grids named from the bench's own lists: a hand copy here had drifted from them.
+    from .bench.settings import DEFAULT_METHODS, FLOW_METHODS
+
     p = sub.add_parser("bench", help="train a grid of methods x schedules x seeds and compare them "
                                      "(bits/dim, FD, time-to-quality, plots)")
     p.add_argument("--out", required=True, help="folder for runs/, results.json, summary.csv, report.md, *.png")
     p.add_argument("--quick", action="store_true", help="uniform, adaptive, adaptive-frozen; linear; 2 seeds; 400 steps; "
                                                         "FD of DDIM samples only (a few minutes on 2 CPU cores)")
-    p.add_argument("--methods", help="comma-separated method presets (default: the paper's table: uniform, p2, "
-                                     "min-snr, logit-normal, lognormal-edm, speed, loss-second-moment, adaptive, "
-                                     "adaptive-mix, adaptive-min-snr, adaptive-unbiased, adaptive-frozen, adaptive-paper)")
+    p.add_argument("--methods", help="comma-separated method presets (default: the paper's table: "
+                                     f"{', '.join(DEFAULT_METHODS)})")
     p.add_argument("--schedules", help="comma-separated noise schedules (default linear,cosine,quad)")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 per method and schedule (default 3)")
     p.add_argument("--only-seeds", help="just these seeds, e.g. 2 or 0,2 (to split a method's seeds across processes "
@@ -261,10 +263,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
                                        "for FID; never downloaded")
     p.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
-                   help="ddpm (default) or flow: rectified flow with flow-... methods (default: flow-uniform, "
-                        "flow-logit-normal, flow-mode, flow-cosmap, flow-beta-0.95, flow-adaptive, "
-                        "flow-adaptive-min-snr, flow-adaptive-frozen, flow-adaptive-final), scored by the ODE likelihood and FD of "
-                        "Euler and Heun samples (--ddim-steps steps each)")
+                   help=f"ddpm (default) or flow: rectified flow with flow-... methods (default: "
+                        f"{', '.join(FLOW_METHODS)}), scored by the ODE likelihood and FD of Euler and Heun samples "
+                        "(--ddim-steps steps each)")
     p.add_argument("--records", help="a folder of per-run records (e.g. docs/bench/long): runs recorded there under "
                                      "the same settings are skipped, each finished run adds its record, and the "
                                      "report covers every record")
