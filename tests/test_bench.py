@@ -304,7 +304,7 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
     (line,) = bench_report.answer_lines([answer])
     assert "bits/dim no worse? **yes**: `adaptive` Δ -0.550 (-0.500, -0.600): better beyond seed spread" in line
     assert "Beats min-snr at the final checkpoint? **yes**: `adaptive`" in line and "adaptive-frozen" not in line
-    assert "worse than uniform's, so not a yes: `adaptive-mix`" in line and "beats it as well" not in line
+    assert "worse than uniform's, so not a yes: `adaptive-mix`" in line and "beats it too" not in line
 
     slow = records_from({k: v for k, v in curves.items() if k[0] in ("uniform", "min-snr")}
                         | {("adaptive", 0): [6, 5, 2.1, 2, 2.0], ("adaptive", 1): [6, 5, 2.1, 2, 2.3]})
@@ -321,7 +321,7 @@ def test_schedule_answers_say_yes_only_beyond_the_spread_and_with_no_worse_bits_
     assert answer["baseline_beats_heuristic"]["method"] == "uniform"
     (line,) = bench_report.answer_lines([answer])
     assert ("Beats min-snr at the final checkpoint? **yes**: `adaptive` Δ -1.700 (-1.600, -1.800): better beyond "
-            "seed spread (but uniform itself beats it as well, Δ -0.650 (-0.600, -0.700)") in line
+            "seed spread (but uniform itself beats it too, Δ -0.650 (-0.600, -0.700): better") in line
 
     # uniform itself is at its final score by half its steps: the "no" says the test cannot show a speed-up
     flat = records_from({("uniform", 0): [6, 5, 2.1, 2, 2.0], ("uniform", 1): [6, 5, 2.1, 2, 2.2],

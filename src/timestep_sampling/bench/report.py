@@ -301,8 +301,9 @@ def answer_lines(answers: list[dict], baseline: str = BASELINE, heuristic: str =
                 versus = f"**no** (closest: {_delta_words(a['heuristic_closest'], d)})"
             if a["heuristic_yes"] and a.get("baseline_beats_heuristic"):
                 r = a["baseline_beats_heuristic"]
-                versus += (f" (but {baseline} itself beats it as well, Δ {r['mean_diff']:+.{d}f} ({_per_seed(r, d)}): "
-                           f"here beating {heuristic} does not set a learned configuration apart from {baseline})")
+                versus += (f" (but {baseline} itself beats it too, Δ {r['mean_diff']:+.{d}f} ({_per_seed(r, d)}): "
+                           f"{r['verdict']}; "
+                           f"beating {heuristic} here does not set a learned configuration apart from {baseline})")
             text += f" Beats {heuristic} at the final checkpoint? {versus}."
         lines.append(text)
     return lines
