@@ -329,8 +329,8 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
             if not mine and not versus:
                 continue
             fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
-            own = next((r for r in half if r["schedule"] == schedule and r["metric"] == metric
-                        and r["method"] == baseline), None)
+            own, own_vs_heuristic = (next((r for r in rows if r["schedule"] == schedule and r["metric"] == metric
+                                           and r["method"] == baseline), None) for rows in (half, heuristic))
             answers.append({
                 "schedule": schedule, "metric": metric,
                 "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
@@ -338,8 +338,7 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
                 "half_closest": closest(mine),
                 "heuristic_yes": [r for r in versus if r["verdict"] == "better beyond seed spread"],
                 "heuristic_closest": closest(versus), "has_heuristic": bool(versus),
-                "baseline_beats_heuristic": next((r for r in heuristic if r["schedule"] == schedule
-                                                  and r["metric"] == metric and r["method"] == baseline
-                                                  and r["verdict"].startswith("better")), None),
+                "baseline_beats_heuristic": (own_vs_heuristic if own_vs_heuristic
+                                             and own_vs_heuristic["verdict"].startswith("better") else None),
                 "plateau": own if own and own["mean_diff"] is not None and not own["verdict"].startswith("worse") else None})
     return answers
