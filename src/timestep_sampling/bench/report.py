@@ -304,6 +304,10 @@ def answer_lines(answers: list[dict], baseline: str = BASELINE, heuristic: str =
                 versus += (f" (but {baseline} itself beats it too, Δ {r['mean_diff']:+.{d}f} ({_per_seed(r, d)}): "
                            f"{r['verdict']}; "
                            f"beating {heuristic} here does not set a learned configuration apart from {baseline})")
+            elif a.get("heuristic_yes_not_better"):
+                versus += (f" (but not better than {baseline} on this score: "
+                           + "; ".join(_delta_words(r, d) for r in a["heuristic_yes_not_better"])
+                           + f": a lead over {heuristic} that is not a lead over {baseline})")
             text += f" Beats {heuristic} at the final checkpoint? {versus}."
         lines.append(text)
     return lines
