@@ -59,6 +59,9 @@ PRESETS: dict[str, tuple[str, str]] = {
 # not offered (available_methods(ablations=True) lists them).
 ABLATIONS: dict[str, tuple[str, str]] = {
     "beta-0.95": ("beta:a=0.95,b=0.95", "none"),  # the fixed Beta the learned sampler starts near
+    # Beta(1, 1) rounded to t: uniform's distribution but for half mass at t = 0 and T − 1, drawn from another
+    # random stream; the control for the unmoving Beta samplers' ancestral-FD offset (docs/benchmark.md#quad)
+    "beta-1.0": ("beta:a=1,b=1", "none"),
     # the credit of the simple loss under uniform t instead of the bound (superseded by credit_target=objective)
     "adaptive-loss": ("adaptive:credit_target=loss", "none"),
     "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
