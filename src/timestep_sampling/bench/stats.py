@@ -322,9 +322,12 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
         rows = [r for r in rows if r["mean_diff"] is not None]
         return min(rows, key=lambda r: r["mean_diff"]) if rows else None
 
+    def keyed(rows):  # each comparison has one row per (schedule, method, metric)
+        return {(r["schedule"], r["method"], r["metric"]): r for r in rows}
+
     worse_bpd = {(r["schedule"], r["method"]) for r in paired
                  if r["metric"] == "test_bpd" and r["verdict"].startswith("worse")}
-    vs_baseline = {(r["schedule"], r["method"], r["metric"]): r for r in paired}
+    half_by, heuristic_by, vs_baseline = keyed(half), keyed(heuristic), keyed(paired)
     answers = []
     for schedule in dict.fromkeys(r["schedule"] for r in [*half, *heuristic]):
         for metric in metrics:
@@ -335,8 +338,7 @@ def schedule_answers(half: list[dict], heuristic: list[dict], paired: list[dict]
             fast = [r for r in mine if r["verdict"] == "better beyond seed spread"]
             beats = [r for r in versus if r["verdict"] == "better beyond seed spread"]
             own_rows = [vs_baseline.get((schedule, r["method"], metric)) for r in beats]
-            own, own_vs_heuristic = (next((r for r in rows if r["schedule"] == schedule and r["metric"] == metric
-                                           and r["method"] == baseline), None) for rows in (half, heuristic))
+            own, own_vs_heuristic = (rows.get((schedule, baseline, metric)) for rows in (half_by, heuristic_by))
             answers.append({
                 "schedule": schedule, "metric": metric,
                 "half_yes": [r for r in fast if (schedule, r["method"]) not in worse_bpd],
