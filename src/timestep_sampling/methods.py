@@ -13,6 +13,7 @@ import re
 
 from .errors import UserError, require, unknown_choice
 from .samplers import TimestepSampler, make_sampler
+from .samplers.base import explain_unknown_sampler
 from .schedule import NoiseSchedule
 from .weighting import LossWeighting, make_weighting
 
@@ -105,6 +106,18 @@ METHODS: dict[str, tuple[str, str]] = {**PRESETS, **ABLATIONS}  # every name mak
 
 # "+" joins the two halves only where a name follows it, so an option value like 1e+3 stays whole.
 _JOIN = re.compile(r"\+(?=[A-Za-z])")
+
+
+@explain_unknown_sampler
+def _refuse_method_name(name: str) -> None:
+    """A method's name ("adaptive-unbiased", "p2": a sampler with a weighting) given to make_sampler: say which
+    call takes it, instead of listing samplers that merely look alike. Installed in the samplers' registry
+    (samplers/base.py) from here, so that the samplers need not know the methods above them."""
+    if name in METHODS:
+        sampler, weighting = METHODS[name]
+        raise UserError(f"{name!r} is a method (the sampler {sampler!r} with the weighting {weighting!r}), not a "
+                        f"sampler: make_method({name!r}, schedule) returns (sampler, weighting), or "
+                        f"make_sampler({sampler!r}, schedule) builds its sampler alone")
 
 
 def available_methods(ablations: bool = False) -> list[str]:

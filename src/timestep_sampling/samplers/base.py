@@ -9,6 +9,7 @@ equals the uniform one. HOW each timestep's loss is weighted is a separate conce
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 
@@ -142,19 +143,23 @@ def make_sampler(spec: str, schedule: NoiseSchedule | None = None, **options) ->
     _load_all()
     name, _ = parse_spec(spec)
     if name not in SAMPLERS.names():
-        _refuse_method_name(name)
+        for explain in _UNKNOWN_NAME_HOOKS.values():
+            explain(name)  # may raise a UserError that says what the name is instead
     return SAMPLERS.make(spec, schedule, **options)
 
 
-def _refuse_method_name(name: str) -> None:
-    """A method's name ("adaptive-unbiased", "p2": a sampler with a weighting) where a sampler's is expected:
-    say which call takes it, instead of listing samplers that merely look alike."""
-    from ..methods import METHODS  # here, not at the top: methods.py imports this module
-    if name in METHODS:
-        sampler, weighting = METHODS[name]
-        raise UserError(f"{name!r} is a method (the sampler {sampler!r} with the weighting {weighting!r}), not a "
-                        f"sampler: make_method({name!r}, schedule) returns (sampler, weighting), or "
-                        f"make_sampler({sampler!r}, schedule) builds its sampler alone")
+# The hook point by which a layer above the samplers explains a name make_sampler does not know before it is
+# refused as an unknown sampler: methods.py installs one that says "that is a method, use make_method". The
+# samplers never import the layers above them (tests/test_imports.py).
+_UNKNOWN_NAME_HOOKS: dict[str, Callable[[str], None]] = {}
+
+
+def explain_unknown_sampler(hook: Callable[[str], None]) -> Callable[[str], None]:
+    """Register hook(name), called with a name that is not a sampler's before make_sampler refuses it; a hook
+    raises a UserError naming what the name is instead, or returns to leave the usual "unknown sampler" error.
+    Keyed by the hook's module and name, so importing its module again replaces it rather than adding a copy."""
+    _UNKNOWN_NAME_HOOKS[f"{hook.__module__}.{hook.__qualname__}"] = hook
+    return hook
 
 
 def available_samplers() -> list[str]:
