@@ -1,4 +1,4 @@
-"""benchmarks/train_test_gap.py: the bound on both splits, by bands of t, of a real checkpoint."""
+"""studies/train_test_gap.py: the bound on both splits, by bands of t, of a real checkpoint."""
 import importlib.util
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from timestep_sampling.data import load_data
 from timestep_sampling.evaluate import load_model
 from timestep_sampling.train import train
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "train_test_gap.py"
+SCRIPT = Path(__file__).parents[1] / "studies" / "train_test_gap.py"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ autodiff: exact), or two plain forward passes for a central difference at θ ± 
 all in eval mode (no dropout) and without touching the user's .grad. The difference was the default until
 2026-12-02: at δ = 1e-3 it was a third off at initialisation and had the wrong sign at t < 20 on a trained
 digits model, where one Adam-sized step is already outside the loss's linear range
-(benchmarks/credit_exactness.py); δ = 1e-4 is close to exact.
+(studies/credit_exactness.py); δ = 1e-4 is close to exact.
 
 What it assumes, and where it breaks:
 - Linearity over one step: the credit is the derivative, so it ranks samples by what an infinitesimal step
@@ -35,7 +35,7 @@ What it assumes, and where it breaks:
 - The bound is estimated on the batch's own images unless held-out images are given (`probe_x0`). On
   images the model trains on, the credit also rewards memorising them: on one digits seed (linear, 3000
   steps) it ranked t in 3–20 last on the batch's images and first on test images, and 40 steps of extra
-  training there lowered the test bound most (benchmarks/credit_vs_lookahead.py). The evaluated model
+  training there lowered the test bound most (studies/credit_vs_lookahead.py). The evaluated model
   is often an EMA of θ, not θ itself.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Does the first-order credit predict what training on a region of t actually does a few steps later?
 
-    python benchmarks/credit_vs_lookahead.py --run runs/g3k/runs/adaptive-bands__linear__s2 [--steps 40]
+    python studies/credit_vs_lookahead.py --run runs/g3k/runs/adaptive-bands__linear__s2 [--steps 40]
         [--reps 6] [--batches 10] [--delta 1e-3] [--out F.json]      (--reps 0: the credit alone)
 
 For each region R of t, on the run's latest checkpoint (training weights, its Adam state):

@@ -1,6 +1,6 @@
 """How much of the adaptive sampler's reward is sampling noise, with and without common random numbers.
 
-    python benchmarks/adaptive_reward_noise.py            # about 1.5 minutes on 2 shared CPU cores
+    python studies/adaptive_reward_noise.py            # about 1.5 minutes on 2 shared CPU cores
 
 A tiny UNet is trained for a while on the digits (uniform t), then ONE training update θ_k → θ_{k+1} is
 fixed. The same update is scored R times, each with fresh probe noise (the sampler's seed), by the

@@ -1,6 +1,6 @@
 """What the band policy (adaptive-bands) costs per step against uniform sampling, measured in the same run.
 
-    python benchmarks/band_cost.py [--pairs 40] [--reps 6] [--threads 1]
+    python studies/band_cost.py [--pairs 40] [--reps 6] [--threads 1]
 
 A plain step draws t by inverse CDF over the bands (one searchsorted); an update step (one in K) scores
 the credit of the batch plus one probe per band (43 at T = 1000: extra samples in the credit's forward pass)
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-from adaptive_cost import KS, Trainer, digits
 from timestep_sampling import NoiseSchedule, make_sampler
 from timestep_sampling.models import make_unet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # adaptive_cost.py, a tool, stays there
+from adaptive_cost import KS, Trainer, digits  # noqa: E402
 
 CONFIGS = {"critic + probes (default: exact credit)": {}, "critic + probes, credit by difference at 1e-4":
            {"credit_delta": 1e-4}, "critic, no probes": {"probe": False},

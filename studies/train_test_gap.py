@@ -2,7 +2,7 @@
 training images, in total and by bands of t, for one or more checkpoints of a run. A test bound that rises
 while the training images' falls, in the same bands of t, is the model fitting its training images.
 
-    python benchmarks/train_test_gap.py runs/x/checkpoints/step_00005000 runs/x/checkpoints/step_00010000
+    python studies/train_test_gap.py runs/x/checkpoints/step_00005000 runs/x/checkpoints/step_00010000
 
 Checkpoints of bench runs are removed once scored; `timestep-sampling bench --keep-checkpoints` keeps them.
 Prints one block per checkpoint; --json writes the figures. The stratified estimate by default (the

@@ -4,7 +4,7 @@ writes now: a learned sampler's density track as one line of text per evaluation
 back and must equal the original, number for number, before it replaces it; a record already compact, or
 without a density track, is left as it is.
 
-    python benchmarks/compact_records.py docs/bench/credit3k docs/bench/long10k [--dry-run]
+    python studies/compact_records.py docs/bench/credit3k docs/bench/long10k [--dry-run]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Is the credit's central difference the derivative it stands for? Against autograd, on a real checkpoint.
 
-    python benchmarks/credit_exactness.py --run runs/u1k_s2 [--deltas 1e-2,1e-3,1e-4]
+    python studies/credit_exactness.py --run runs/u1k_s2 [--deltas 1e-2,1e-3,1e-4]
 
 The credit c_b = d/dδ loss_b(θ + δ·d) at δ = 0 (credit.py) is computed by a central difference of the
 batch's losses at θ ± δ·d. Here the same c_b is computed exactly (per-sample autograd: g_b · d) for 16

@@ -2,7 +2,7 @@
 (P = I) and with a bigger bound probe: does the credit's shape come from the model itself, from Adam's
 second moments, or from the probe's noise?
 
-    python benchmarks/credit_by_t.py --run runs/g3kA/runs/adaptive__linear__s2 [--batches 10] [--out F.json]
+    python studies/credit_by_t.py --run runs/g3kA/runs/adaptive__linear__s2 [--batches 10] [--out F.json]
 
 Each batch: 128 training images with t uniform on 0..T-1; the credits are standardised per batch (as the
 sampler's advantages are), then averaged per decile of t. Prints one line per variant.
