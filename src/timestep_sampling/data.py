@@ -4,13 +4,16 @@
 
     digits                      scikit-learn's 8x8 digits (ships inside scikit-learn; no download)
     photos32                    32x32 RGB crops of the colour photographs inside scikit-image's wheel (no download)
+    fashion-mnist               Fashion-MNIST's four idx files from Debian's package dataset-fashion-mnist
+                                (/usr/share/datasets/fashion-mnist; `apt-get install dataset-fashion-mnist`)
+    path/to/idx-folder/         a folder with the four idx files of MNIST or Fashion-MNIST (gzipped or not)
     path/to/folder/             a folder of images (PNG, JPEG, BMP, ... anything PIL reads), searched recursively
     path/to/file.npz            arrays under `x` / `images` / `train` (or the only array), optional `x_test` / `test`
     path/to/cifar-10-batches-py the CIFAR-10 "python" batches (data_batch_* and test_batch)
 
 Every dataset also carries `bins`, the number of evenly spaced levels its pixels lie on, because the
 t = 0 decoder term of the bound integrates over exactly those bins (METHOD.md section 1): 17 for the
-digits, 256 for 8-bit images (photos32 included).
+digits, 256 for 8-bit images (photos32 and fashion-mnist included).
 
 Every mistake in the input (a wrong path, shape, value range, an unreadable file, an empty folder)
 raises `UserError` with a one-line message; the command line prints it and exits with status 2.
@@ -21,6 +24,7 @@ exactly the batches it would have seen, and ranks shard the same global batch wi
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import re
 import zipfile
@@ -33,8 +37,8 @@ import torch
 
 from .errors import UserError, require
 
-ACCEPTED = ("'digits', 'photos32', a folder of images, a .npz file, or a CIFAR-10 python batches folder "
-            "(data_batch_1..5 and test_batch)")
+ACCEPTED = ("'digits', 'photos32', 'fashion-mnist', a folder of images, a .npz file, a CIFAR-10 python batches "
+            "folder (data_batch_1..5 and test_batch), or a folder of MNIST-style idx files")
 DIGITS_TEST_SIZE = 297  # 1797 digits -> 1500 train / 297 test
 MIN_SIDE = 8  # the reference UNet downsamples twice and still needs a few pixels left
 
@@ -75,11 +79,12 @@ class ImageDataset:
 
 def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
               bins: int | None = None) -> ImageDataset:
-    """Load `spec` ('digits', 'photos32', an image folder, a .npz file or a CIFAR-10 batches folder).
+    """Load `spec` ('digits', 'photos32', 'fashion-mnist', an image folder, a .npz file, a CIFAR-10 batches
+    folder or a folder of MNIST-style idx files).
 
     test_fraction: share of the data held out for test when the source has no test split of its own
         (default 0.1 for folders and .npz; the digits default to a fixed 297 test images). Sources with
-        their own split (.npz with `x_test`, CIFAR-10, photos32) reject it.
+        their own split (.npz with `x_test`, CIFAR-10, photos32, idx folders) reject it.
     seed: seeds the train/test permutation (a private torch.Generator, never the global RNG); for
         photos32, the crop positions.
     bins: quantisation levels of float .npz data (default 256); for every other source the bins are
@@ -96,6 +101,8 @@ def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
         return _digits(test_fraction, seed, bins)
     if spec == PHOTOS_NAME:
         return _photos32(test_fraction, seed, bins)
+    if spec == FASHION_NAME:
+        return _idx_dataset(FASHION_DIR, test_fraction, bins, FASHION_NAME)
     path = Path(spec).expanduser()
     if not path.exists():
         # A bare word is most likely a misspelt built-in name; anything else a mistyped path.
@@ -105,6 +112,8 @@ def load_data(spec: str, *, test_fraction: float | None = None, seed: int = 0,
     if path.is_dir():
         if any(path.glob("data_batch_*")):
             return _cifar(path, test_fraction, bins)
+        if any(_is_idx_name(p.name) for p in path.iterdir()):
+            return _idx_dataset(path, test_fraction, bins, path.name or str(path))
         return _folder(path, test_fraction, seed, bins)
     if path.suffix.lower() == ".npz":
         return _npz(path, test_fraction, seed, bins)
@@ -468,6 +477,119 @@ def _cifar_batch(f: Path) -> np.ndarray:
             f"CIFAR batch {str(f)!r} has b'data' of shape {data.shape} and dtype {data.dtype}; "
             f"expected (N, 3072) uint8")
     return data.reshape(-1, 3, side, side)
+
+
+# ----------------------------------------------------------------------------- idx files (MNIST, Fashion-MNIST)
+
+FASHION_NAME = "fashion-mnist"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist puts the files
+FASHION_PACKAGE = "dataset-fashion-mnist"
+# (images, labels) for train and test, as MNIST and Fashion-MNIST name them; each gzipped (.gz) or not.
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # unsigned bytes, 3 dimensions / 1 dimension
+IDX_DIMS = {"images": 3, "labels": 1}
+
+
+def _is_idx_name(name: str) -> bool:
+    return any(name in (stem, stem + ".gz") for pair in IDX_FILES.values() for stem in pair)
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    """The file `stem` or `stem`.gz in `folder` (the raw one first), or None."""
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_up_to(f, size: int, chunk: int = 1 << 26) -> bytes:
+    """At most `size` bytes of `f`, read in chunks: a corrupt header that claims terabytes costs no more memory
+    than the file holds."""
+    parts, left = [], size
+    while left > 0:
+        part = f.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def read_idx(path: Path, kind: str) -> np.ndarray:
+    """One idx file of unsigned bytes ("images": N x rows x cols, "labels": N) as a uint8 array, gunzipped on the
+    fly when its name ends in .gz. The header (magic number, dimensions) is checked before any data are read,
+    and the file must hold exactly as many bytes as the header says: a truncated or padded file, a wrong magic
+    number or a broken gzip stream is a UserError naming the file. Plain bytes through numpy.frombuffer: nothing
+    in the file is ever run, and nothing is written anywhere."""
+    import gzip
+    import zlib
+
+    source = f"idx file {str(path)!r}"
+    expected = IDX_MAGIC[kind]
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(4)
+            require(len(header) == 4, f"{source} is truncated: {len(header)} bytes, too short for an idx header; "
+                                      f"expected a magic number 0x{expected:08X} and the {kind}' dimensions")
+            magic = int.from_bytes(header, "big")
+            require(magic == expected, f"{source} has magic number 0x{magic:08X}; expected 0x{expected:08X} "
+                                       f"(unsigned bytes in {IDX_DIMS[kind]} dimension(s): {kind})")
+            raw_dims = f.read(4 * IDX_DIMS[kind])
+            require(len(raw_dims) == 4 * IDX_DIMS[kind],
+                    f"{source} is truncated inside its header; expected {IDX_DIMS[kind]} dimension(s) after the magic")
+            dims = tuple(int.from_bytes(raw_dims[i:i + 4], "big") for i in range(0, len(raw_dims), 4))
+            size = math.prod(dims)
+            what = f"{dims[0]} images of {dims[1]}x{dims[2]}" if kind == "images" else f"{dims[0]} labels"
+            data = _read_up_to(f, size)
+            require(len(data) == size, f"{source} is truncated: its header says {what} ({size} bytes of data), "
+                                       f"found {len(data)}")
+            require(not f.read(1), f"{source} is longer than its header says ({what}, {size} bytes of data); "
+                                   f"expected nothing after them")
+    except UserError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:  # bad gzip header, CRC, a stream that ends early
+        raise UserError(f"cannot read {source} ({_reason(e)}); expected an idx file"
+                        + (", gzipped" if opener is not open else "")) from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims).copy()  # writable, as torch.from_numpy wants
+
+
+def load_idx_folder(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels) from a folder holding MNIST's or Fashion-MNIST's
+    four idx files (`IDX_FILES`, each raw or .gz): images as float32 (N, 1, H, W) in [-1, 1] (level v at
+    v / 127.5 - 1), labels as int64 (N,). Each split's images and labels must agree in number, and the test
+    images must have the train images' size."""
+    folder = Path(folder)
+    source = f"idx folder {str(folder)!r}"
+    missing = [f"{stem}[.gz]" for pair in IDX_FILES.values() for stem in pair if _idx_path(folder, stem) is None]
+    if folder == FASHION_DIR and missing:
+        raise UserError(f"{FASHION_NAME}: {str(folder)!r} lacks {', '.join(missing)}; install Debian's package "
+                        f"with `apt-get install {FASHION_PACKAGE}` (it puts the four idx files there)")
+    require(not missing, f"{source} lacks {', '.join(missing)}; expected the four idx files "
+                         f"{', '.join(stem for pair in IDX_FILES.values() for stem in pair)} (each raw or .gz)")
+    out = []
+    for split_name, (images_stem, labels_stem) in IDX_FILES.items():
+        images_path, labels_path = _idx_path(folder, images_stem), _idx_path(folder, labels_stem)
+        images, labels = read_idx(images_path, "images"), read_idx(labels_path, "labels")
+        require(len(images) == len(labels), f"{source}: {images_path.name} holds {len(images)} images and "
+                                            f"{labels_path.name} {len(labels)} labels; expected one label per image")
+        out.append((images, labels, images_path.name))
+    (train, train_labels, _), (test, test_labels, test_name) = out
+    _check_images(train[:, None], source)
+    require(test.shape[1:] == train.shape[1:], f"{source}: {test_name} images are {test.shape[1]}x{test.shape[2]}; "
+                                               f"expected {train.shape[1]}x{train.shape[2]} like the train images")
+    return (_from_uint8(train[:, None]), torch.from_numpy(train_labels.astype(np.int64)),
+            _from_uint8(test[:, None]), torch.from_numpy(test_labels.astype(np.int64)))
+
+
+def _idx_dataset(folder: Path, test_fraction: float | None, bins: int | None, name: str) -> ImageDataset:
+    """The images of `load_idx_folder` (labels dropped), with their own train/test split and 256 levels."""
+    source = FASHION_NAME if name == FASHION_NAME else f"idx folder {str(folder)!r}"
+    require(test_fraction is None, f"{source} has its own test split (t10k-*); expected no test_fraction")
+    bins = _check_bins(bins, 256, source)
+    train, _, test, _ = load_idx_folder(folder)
+    return ImageDataset(train, test, bins, name)
 
 
 # ----------------------------------------------------------------------------- batching
