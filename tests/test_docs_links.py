@@ -8,7 +8,7 @@ from urllib.parse import unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", ROOT / "studies" / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 
 # [text](target) and ![alt](target), the target up to an optional "title"; not inside code.
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -113,3 +113,19 @@ def test_a_broken_link_or_anchor_is_caught(tmp_path):
 ])
 def test_github_slugs(heading, slug):
     assert github_slug(heading) == slug
+
+
+# A script named by its path anywhere in the pages, the records' histories, the sources, tests and examples
+# (`python benchmarks/NAME.py`, studies/NAME.py): it is there, so a script moved between the two folders leaves no
+# command behind that no longer runs. docs/analysis/*.json keep the command each figure was made with, as run.
+SCRIPT_PATH = re.compile(r"\b((?:benchmarks|studies)/[a-z0-9_]+\.py)\b")
+
+
+def test_every_named_benchmark_or_study_script_exists():
+    texts = [*PAGES, *(ROOT / "docs" / "bench").glob("*/*.md"), *(ROOT / "src").rglob("*.py"),
+             *(ROOT / "tests").glob("*.py"), *(ROOT / "examples").glob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "studies").glob("*.py")]
+    missing = sorted({f"{path.relative_to(ROOT)}: {name}" for path in texts
+                      for name in SCRIPT_PATH.findall(path.read_text()) if not (ROOT / name).is_file()})
+    assert not missing, "\n".join(missing)
+    assert len(texts) > 50
