@@ -75,6 +75,30 @@ def eval_mode(model):
             m.training = mode
 
 
+@contextlib.contextmanager
+def full_precision(model, params):
+    """The credit's passes in the weights' own precision whatever autocast the loop runs under: autocast off on
+    the weights' devices, and a forward that Accelerate's prepare(mixed_precision=...) wrapped in autocast
+    (it keeps the original as `_original_forward`) put back for the while. So the credit's sign and ranking do
+    not depend on the loop's precision, and the exact credit's forward mode, which fails under CPU autocast
+    (a bf16 weight meets an fp32 input in conv), runs. Measured on the digits UNet (docs/learned-sampler.md,
+    "Under mixed precision"): a bf16 credit would rank alike (Spearman >= 0.9995), so this costs no ranking; it costs
+    fp32 passes. A callable that enters autocast itself keeps it (its module is not searched here)."""
+    modules = [m for m in (model.modules() if isinstance(model, nn.Module) else ())
+               if "_original_forward" in vars(m) and "forward" in vars(m)]
+    wrapped = [vars(m)["forward"] for m in modules]
+    with contextlib.ExitStack() as stack:
+        for device_type in sorted({p.device.type for p in params}):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        try:
+            for m in modules:
+                m.forward = m._original_forward
+            yield
+        finally:
+            for m, forward in zip(modules, wrapped):
+                m.forward = forward
+
+
 class BoundOptions:
     """For samplers that score the bound themselves: its t = 0 decoder's levels (`bins`) and the reverse
     variance, set at construction and again by the trainer from the data (`configure_bound`)."""
@@ -223,7 +247,7 @@ def gradient_rewards(model, losses, optimizer: torch.optim.Optimizer | None, gen
         z = (2 * torch.randint(0, 2, p.shape, generator=generator) - 1).to(p)
         scale = preconditioner(optimizer, p)
         direction.append(z if scale is None else z * scale)
-    with eval_mode(net):
+    with eval_mode(net), full_precision(net, params):
         tangent = (_forward_mode if isinstance(net, nn.Module) else _reverse_mode)(net, params, direction, losses)
     return tangent.double().cpu() ** 2
 
@@ -244,7 +268,7 @@ def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | No
     neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not finite or
     is zero (the caller's policy then skips the update)."""
     params = trainable_parameters(net, optimizer)
-    with eval_mode(net):
+    with eval_mode(net), full_precision(net, params):
         direction, rms = _descent_direction(probe, params, optimizer)
         if direction is None:
             return None
