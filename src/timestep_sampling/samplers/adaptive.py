@@ -41,8 +41,8 @@ from ..devices import check_device
 from ..errors import require
 from ..schedule import NoiseSchedule
 from .base import SAMPLERS, TimestepSampler, check_batch_size, check_observed_batch, check_state
-from .credit import (BoundOptions, check_credit_delta, check_credit_target, credit_repr, eval_mode, first_order_credit,
-                     gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
+from .credit import (BoundOptions, StaleGradient, check_credit_delta, check_credit_target, credit_repr, eval_mode,
+                     first_order_credit, gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
 from .feature_selection import ChangeQueue
 from .lookahead import _BATCH_NOISE, PaperLookahead
 from .policy import make_policy
@@ -143,6 +143,8 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
                       loop of one's own. With an objective each sample's credit is scaled by its loss weight.
       credit_delta    0 (default): the exact credit by forward-mode autodiff; > 0: a central difference
                       with this step along the unit-RMS direction (1e-4 is close to exact and cheaper).
+      direction_every n: the credit's direction P∇L̂ reuses the bound probe's gradient for n updates (the
+                      preconditioner applied afresh), so the probe's backward pass runs once per n updates (1).
       uniform_mix     m: draw u uniformly with probability m, from the Beta otherwise (0). A floor that keeps
                       every timestep trained; the policy gradient uses the mixture's density.
       conditioned     False (default): one global Beta; True: π(· | x0) is a CNN (images) or MLP (vectors),
@@ -182,7 +184,8 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
                  variance: str = "fixed-large", eps: float = 1e-5, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, hidden_dim: int = 256, hidden_depth: int = 2,
                  unbiased: bool = False, reward: str = "credit", credit_strata: int = 64,
-                 credit_delta: float = 0.0, uniform_mix: float = 0.0, credit_target: str = "bound"):
+                 credit_delta: float = 0.0, uniform_mix: float = 0.0, credit_target: str = "bound",
+                 direction_every: int = 1):
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
         require(reward not in VARIANCE_REWARDS or (unbiased and not conditioned),
                 f"reward={reward!r} lowers the variance of an unbiased estimate: it needs unbiased=True and one "
@@ -191,6 +194,7 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
         self.credit_strata = _positive_int(credit_strata, "credit_strata")
         self.credit_delta = check_credit_delta(credit_delta)
         self.credit_target = check_credit_target(credit_target)
+        self.direction = StaleGradient(_positive_int(direction_every, "direction_every"))
         require(isinstance(conditioned, bool), f"conditioned must be True or False, got {conditioned!r}")
         self.conditioned = conditioned
         super().__init__(schedule, unbiased)  # checks `has_pmf`, which needs `conditioned`
@@ -359,7 +363,19 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
         that the last `sample()` drew timesteps for. On update steps: score the batch before the step, run
         the body, then update the policy (the paper's reward also probes after the step). If the body
         raises, nothing is updated or counted. `optimizer` gives the credit the preconditioner of the step
-        (without it the credit assumes plain SGD); the paper's reward does not use it."""
+        (without it the credit assumes plain SGD).
+
+        Under gradient accumulation, wrap every micro-step (inside Accelerate's `accumulate`, too): K counts
+        observe() calls, so micro-steps. The credit and the variance rewards measure the micro-batch at the
+        current weights, which a micro-step that does not step leaves as they are (its gradient joins the next
+        real step), so they update on any micro-step (studies/accumulation_credit.py: the density moved the same
+        with every update on a non-stepping micro-step as on a stepping one). The paper's reward measures the
+        step itself: on a micro-step whose step Accelerate skips (the optimizer's
+        gradient_state.sync_gradients is False) it does nothing and counts nothing, so for it K counts optimiser
+        steps; in a loop of one's own, wrap only the micro-steps that step."""
+        if self.reward == "paper" and not getattr(getattr(optimizer, "gradient_state", None), "sync_gradients", True):
+            yield  # no step for the look-ahead to measure
+            return
         if not self.is_update_step:
             yield
             self.step += 1
@@ -393,7 +409,7 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
                                     generator=self._stream(_BATCH_NOISE, distributed.rank()),
                                     strata=self.credit_strata, delta=self.credit_delta, bins=self.bins,
                                     variance=self.variance, target=self.credit_target, weighting=self.loss_weighting,
-                                    loss_weights=weights)
+                                    loss_weights=weights, stale=self.direction)
         return policy_input, u, credit
 
     def _loss_spread(self, model, x0: torch.Tensor, optimizer=None) -> tuple:
@@ -453,10 +469,11 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
             "step": self.step, "updates": self.updates, "skipped_updates": self.skipped_updates,
             "baseline": [self.baseline_ema, self.baseline_count],
             "draws": self.draws,
+            "direction": self.direction.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        check_state(state, self.state_dict(), self.name, optional={"draws"})  # absent from old checkpoints
+        check_state(state, self.state_dict(), self.name, optional={"draws", "direction"})  # absent from old checkpoints
         features = state["queue"]["features"]
         require(features.numel() == 0 or features.shape[1] == len(self.edges) - 1,
                 f"the checkpoint's sampler scanned {features.shape[1]} probes, this one {len(self.edges) - 1}: "
@@ -481,6 +498,7 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
         self.skipped_updates = int(state["skipped_updates"])
         self.baseline_ema, self.baseline_count = float(state["baseline"][0]), int(state["baseline"][1])
         self.draws = int(state.get("draws", 0))  # absent from checkpoints written before 2026-11-25
+        self.direction.load_state_dict(state.get("direction", {"age": 0, "grads": None}))  # before 2026-12-07
         self._last_sample, self._pmf_cache, self._ab_cache = None, None, None
 
     def frozen_spec(self, final: dict, spec: str, weighting: str) -> str | None:
@@ -509,6 +527,7 @@ class AdaptiveSampler(PaperLookahead, BetaPolicyTerms, CreditPolicyGradient, Bou
             # a frozen policy (lr = 0) never uses its credit: what it trains does not depend on how it is taken
             mix += credit_repr(self.credit_delta) if self.lr else ""
             mix += f", credit_target={target_name(self.credit_target)!r}" if self.credit_target != "bound" else ""
+            mix += f", direction_every={self.direction.every}" if self.lr and self.direction.every != 1 else ""
             mix += ", unbiased=True" if self.unbiased else ""
             return (f"AdaptiveSampler(T={self.T}, reward='credit', conditioned={self.conditioned}, lr={self.lr}, "
                     f"K={self.update_every}, credit_strata={self.credit_strata}{mix}, mapping={self.mapping!r})")

@@ -41,6 +41,7 @@ What it assumes, and where it breaks:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -248,8 +249,19 @@ def gradient_rewards(model, losses, optimizer: torch.optim.Optimizer | None, gen
         scale = preconditioner(optimizer, p)
         direction.append(z if scale is None else z * scale)
     with eval_mode(net), full_precision(net, params):
-        tangent = (_forward_mode if isinstance(net, nn.Module) else _reverse_mode)(net, params, direction, losses)
+        tangent = _tangent(net, params, direction, losses)
     return tangent.double().cpu() ** 2
+
+
+def _tangent(net, params, direction, losses) -> torch.Tensor:
+    """The per-sample losses' derivative along `direction`: forward mode through a module, or through the
+    module found behind a plain callable; two reverse passes through a callable whose module is not found."""
+    if isinstance(net, nn.Module):
+        return _forward_mode(net, params, direction, losses)
+    owner = owning_module(net, params)
+    if owner is not None:
+        return _forward_mode(_CallableWithWeights(net, owner), params, direction, losses)
+    return _reverse_mode(net, params, direction, losses)
 
 
 def target_name(target) -> str:
@@ -258,7 +270,7 @@ def target_name(target) -> str:
 
 
 def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | None = None, *,
-                       delta: float = 0.0) -> torch.Tensor:
+                       delta: float = 0.0, stale: "StaleGradient | None" = None) -> torch.Tensor:
     """c_b = d/dδ losses(θ + δ·d)_b at δ = 0 with d = P∇probe(θ) scaled to unit RMS.
 
     `probe()` returns a scalar estimate of the target (the bound) with autograd; `losses(model)` the per-sample losses
@@ -266,17 +278,19 @@ def directional_credit(net, probe, losses, optimizer: torch.optim.Optimizer | No
     forward passes. delta = 0: the exact directional derivative by forward-mode autodiff (torch.func.jvp),
     one forward pass carrying tangents. Both run in eval mode; the weights are restored bit for bit and
     neither .grad nor the optimiser is touched. float64 on the CPU; None if the direction is not finite or
-    is zero (the caller's policy then skips the update)."""
+    is zero (the caller's policy then skips the update). `stale` (StaleGradient): ∇probe is taken from it,
+    and the probe's backward pass run only when it is due for a refresh.
+
+    A plain callable (a lambda around a module) is differentiated in forward mode too when the module that
+    holds its weights can be found from it (owning_module); otherwise by two reverse passes."""
     params = trainable_parameters(net, optimizer)
     with eval_mode(net), full_precision(net, params):
-        direction, rms = _descent_direction(probe, params, optimizer)
+        direction, rms = _descent_direction(probe, params, optimizer, stale)
         if direction is None:
             return None
         if delta == 0:
             unit = [d / rms.to(d.dtype) for d in direction]
-            if isinstance(net, nn.Module):
-                return _forward_mode(net, params, unit, losses).double().cpu()
-            return _reverse_mode(net, params, unit, losses).double().cpu()
+            return _tangent(net, params, unit, losses).double().cpu()
         with torch.no_grad():
             saved = [p.detach().clone() for p in params]
             try:
@@ -311,14 +325,48 @@ def trainable_parameters(model, optimizer: torch.optim.Optimizer | None) -> list
     return params
 
 
-def _descent_direction(probe, params, optimizer):
+def _probe_gradient(probe, params) -> list[torch.Tensor]:
+    """∇probe(θ) for every weight in `params` (zeros where the probe does not reach)."""
+    grads = torch.autograd.grad(probe(), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+class StaleGradient:
+    """The bound probe's raw gradient ∇L̂, kept for `every` sampler updates.
+
+    Why: the probe's backward pass is a third of a credit update's cost, and the probe is a 64-image estimate
+    whose own noise is larger than what θ changes in a few updates; reusing it for `every` updates pays that
+    pass once per `every`. The preconditioner is applied afresh at each use, so the direction P∇L̂ follows
+    the optimiser's current scaling. every = 1 keeps nothing (a fresh probe each update, as before)."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+        self.grads: list[torch.Tensor] | None = None
+        self.age = 0  # updates since the kept gradient was probed
+
+    def take(self, probe, params) -> list[torch.Tensor]:
+        if self.every == 1:
+            return _probe_gradient(probe, params)
+        if self.grads is None or self.age >= self.every or len(self.grads) != len(params):
+            self.grads, self.age = _probe_gradient(probe, params), 0
+        self.age += 1
+        return [g.to(p) for g, p in zip(self.grads, params)]
+
+    def state_dict(self) -> dict:
+        return {"age": self.age, "grads": None if self.grads is None else [g.cpu() for g in self.grads]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.age = int(state["age"])
+        self.grads = None if state["grads"] is None else [g.clone() for g in state["grads"]]
+
+
+def _descent_direction(probe, params, optimizer, stale: StaleGradient | None = None):
     """(P∇probe(θ), its RMS per weight), or (None, None) if the RMS is not finite or is zero. The credit
     is taken along the direction scaled to unit RMS, so that δ is a step of the size Adam takes (~lr
     per weight)."""
-    grads = torch.autograd.grad(probe(), params, allow_unused=True)
+    grads = stale.take(probe, params) if stale is not None else _probe_gradient(probe, params)
     direction = []
     for p, g in zip(params, grads):
-        g = torch.zeros_like(p) if g is None else g.detach()
         scale = preconditioner(optimizer, p)
         direction.append(g if scale is None else g * scale)
     rms = torch.sqrt(sum((d.double() ** 2).sum() for d in direction) / sum(d.numel() for d in direction))
@@ -339,10 +387,69 @@ def _contiguous_inputs(net, kind):
             hook.remove()
 
 
+def owning_module(fn, params, depth: int = 3) -> nn.Module | None:
+    """The nn.Module that holds every tensor of `params`, found from a plain callable: the callable itself,
+    its bound `self`, a functools.partial's function and arguments, the variables its closure captures and
+    the globals its code names (a lambda around `unet`, DDP, or a partial), searched `depth` levels deep.
+    None if there is none: the caller then differentiates the callable as a black box."""
+    wanted = {id(p) for p in params}
+    seen, level = set(), [fn]
+    for _ in range(depth):
+        found, nxt = None, []
+        for obj in level:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, nn.Module):
+                if wanted <= {id(p) for p in obj.parameters()}:
+                    return obj
+                continue
+            nxt.extend(_referenced(obj))
+        level = nxt
+    return None
+
+
+def _referenced(obj) -> list:
+    """What a callable refers to, for owning_module: no code runs, only attributes are read."""
+    refs = []
+    if isinstance(obj, functools.partial):
+        refs += [obj.func, *obj.args, *obj.keywords.values()]
+    refs.append(getattr(obj, "__self__", None))
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        refs += [cell.cell_contents for cell in (obj.__closure__ or ()) if _filled(cell)]
+        names = getattr(obj, "__globals__", {})
+        refs += [names[n] for n in code.co_names if n in names]
+    return [r for r in refs if r is not None and not isinstance(r, (str, bytes, int, float, bool, torch.Tensor))]
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return False
+    return True
+
+
+class _CallableWithWeights(nn.Module):
+    """A plain callable seen as a module whose only submodule is the module that holds its weights, so that
+    torch.func.functional_call can swap those weights for the duration of one call: the callable then runs
+    on the same module object, its weights replaced, whatever it does around it."""
+
+    def __init__(self, fn, owner: nn.Module):
+        super().__init__()
+        self.owner = owner
+        self._fn = (fn,)  # a tuple, so that a callable that is itself a module is not registered twice
+
+    def forward(self, *args):
+        return self._fn[0](*args)
+
+
 def _forward_mode(net, params, direction, losses) -> torch.Tensor:
     """The per-sample losses' derivative along `direction`, exact: torch.func.jvp through the model called
     with its parameters as explicit inputs (the module itself is not modified)."""
-    names = [name for name, p in net.named_parameters() if p.requires_grad]
+    by_id = {id(p): name for name, p in net.named_parameters()}
+    names = [by_id[id(p)] for p in params]
 
     def losses_of(*weights):
         values = dict(zip(names, weights))
@@ -381,14 +488,15 @@ def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torc
                        optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
                        strata: int = 64, delta: float = 0.0, bins: int = 256,
                        variance: str = "fixed-large", probe_x0: torch.Tensor | None = None,
-                       target="bound", weighting=None, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
+                       target="bound", weighting=None, loss_weights: torch.Tensor | None = None,
+                       stale: StaleGradient | None = None) -> torch.Tensor:
     """c_b for every sample of the DDPM batch (x0, t), float64 on the CPU. Larger is better. The model's
     weights are restored bit for bit; its .grad and the optimiser are not touched. The target is probed on
     `probe_x0` (default: the batch itself); held-out images make the credit score what generalises.
     target "bound": the variational bound (bits/dim); "loss": the simple loss under uniform t (loss_probe);
     "objective" (with `weighting`) or a weighting itself: the weighted loss under uniform t that the loop
     trains. `loss_weights`: the weight the loop puts on each sample's loss (its true step is that multiple of
-    the plain ε-MSE's), or None for ones."""
+    the plain ε-MSE's), or None for ones. `stale`: the target's gradient kept across updates (StaleGradient)."""
     target = check_credit_target(target)
     objective = target_weighting(target, weighting)
     net, x0 = unwrap(model), x0.detach()
@@ -400,10 +508,11 @@ def first_order_credit(model, schedule: NoiseSchedule, x0: torch.Tensor, t: torc
         return bound_probe(net, schedule, probe_images, strata, generator, bins=bins, variance=variance)
 
     return _batch_credit(net, probe, lambda model, noise: mse_per_sample(model, schedule, x0, t, noise), x0,
-                         generator, optimizer, delta, loss_weights)
+                         generator, optimizer, delta, loss_weights, stale)
 
 
-def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta, loss_weights=None) -> torch.Tensor:
+def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta, loss_weights=None,
+                  stale: StaleGradient | None = None) -> torch.Tensor:
     """directional_credit with the batch's noise drawn once, after the probe's draws (a fixed order of the
     stream), and used on both sides of the difference; NaN for every sample if there is no direction."""
     noise = []
@@ -414,7 +523,7 @@ def _batch_credit(net, probe, loss_with_noise, x0, generator, optimizer, delta, 
         values = loss_with_noise(model, noise[0])
         return values if loss_weights is None else values * loss_weights.to(values)
 
-    credit = directional_credit(net, probe, losses, optimizer, delta=delta)
+    credit = directional_credit(net, probe, losses, optimizer, delta=delta, stale=stale)
     return torch.full((len(x0),), float("nan"), dtype=torch.float64) if credit is None else credit
 
 
@@ -454,7 +563,8 @@ def flow_objective_probe(model, flow, x0: torch.Tensor, strata: int, generator: 
 def flow_first_order_credit(model, flow, x0: torch.Tensor, t: torch.Tensor,
                             optimizer: torch.optim.Optimizer | None = None, *, generator: torch.Generator,
                             strata: int = 64, delta: float = 0.0, t_min: float = 1e-3, target="bound",
-                            weighting=None, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
+                            weighting=None, loss_weights: torch.Tensor | None = None,
+                            stale: StaleGradient | None = None) -> torch.Tensor:
     """c_b for every sample of a rectified-flow batch (x0, t ∈ (0, 1)): the velocity loss of sample b along
     the preconditioned descent direction of the target: the flow's bound (flow_bound_probe), the plain
     velocity loss ("loss"), or the weighted one the loop trains ("objective" with `weighting`, or a flow
@@ -469,4 +579,4 @@ def flow_first_order_credit(model, flow, x0: torch.Tensor, t: torch.Tensor,
         return flow_bound_probe(net, flow, x0, strata, generator, t_min=t_min)
 
     return _batch_credit(net, probe, lambda model, noise: flow.loss(model, x0, t, noise), x0, generator, optimizer,
-                         delta, loss_weights)
+                         delta, loss_weights, stale)

@@ -26,7 +26,7 @@ from ..errors import require
 from ..flow import TIMESTEP_SCALE, RectifiedFlow
 from .base import SAMPLERS, check_batch_size, check_observed_batch, check_state
 from .continuous import EPS, ContinuousTimeSampler
-from .credit import (LEGACY_DELTA, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
+from .credit import (LEGACY_DELTA, StaleGradient, check_credit_delta, check_credit_target, eval_mode, flow_first_order_credit,
                      gradient_rewards, loop_weights, target_name, unwrap, variance_rewards)
 from .fixed import check_real
 from .policy import GlobalPolicy
@@ -60,14 +60,16 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
     ("credit", or "variance" with unbiased=True: learn to lower the variance of the loop's loss estimate
     instead, as the discrete sampler's reward="variance"; its optimum is p(t) ∝ w(t)·RMS(‖v − v̂‖²) at t; or
     "grad-variance" with unbiased=True: the variance of the optimiser's step, from each sample's preconditioned
-    gradient norm, as the discrete sampler's)."""
+    gradient norm, as the discrete sampler's), direction_every (n: the bound probe's gradient is reused for n
+    updates, as the discrete sampler's; 1)."""
 
     name = "flow-adaptive"
 
     def __init__(self, schedule=None, lr: float = 3e-2, update_every: int = 20, entropy_coef: float = 1e-2,
                  grad_clip: float | None = 1.0, uniform_mix: float = 0.0, credit_strata: int = 64,
                  credit_delta: float = 0.0, t_min: float = 1e-3, timestep_scale: float = TIMESTEP_SCALE,
-                 seed: int = 0, unbiased: bool = False, credit_target="bound", reward: str = "credit"):
+                 seed: int = 0, unbiased: bool = False, credit_target="bound", reward: str = "credit",
+                 direction_every: int = 1):
         super().__init__(schedule, unbiased=unbiased)
         require(reward in REWARDS, f"unknown reward {reward!r}; valid choices: {', '.join(REWARDS)}")
         require(reward == "credit" or self.unbiased,
@@ -84,6 +86,7 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
         require(0 <= self.uniform_mix < 1, f"option uniform_mix must lie in [0, 1), got {uniform_mix!r}")
         self.credit_strata = _count(credit_strata, "credit_strata")
         self.credit_delta = check_credit_delta(credit_delta)
+        self.direction = StaleGradient(_count(direction_every, "direction_every"))
         self.t_min = check_real("t_min", t_min, positive=True)
         require(self.t_min < 1, f"option t_min must lie in (0, 1), got {t_min!r}")
         self.flow = RectifiedFlow(timestep_scale)
@@ -167,7 +170,7 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
             reward = flow_first_order_credit(model, self.flow, x0, t_batch, optimizer, generator=generator,
                                              strata=self.credit_strata, delta=self.credit_delta, t_min=self.t_min,
                                              target=self.credit_target, weighting=self.loss_weighting,
-                                             loss_weights=weights)
+                                             loss_weights=weights, stale=self.direction)
         yield
         self._learn_from_credit(None, t.double(), reward)
         self.step += 1
@@ -176,12 +179,14 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
     def state_dict(self) -> dict:
         return {"policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "updates": self.updates,
-                "skipped_updates": self.skipped_updates, "draws": self.draws}
+                "skipped_updates": self.skipped_updates, "draws": self.draws,
+                "direction": self.direction.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        check_state(state, self.state_dict(), self.name)
+        check_state(state, self.state_dict(), self.name, optional={"direction"})  # absent before 2026-12-07
         require(set(state["policy"]) == set(self.policy.state_dict()),
                 "the checkpoint's sampler state is not a flow-adaptive sampler's")
+        self.direction.load_state_dict(state.get("direction", {"age": 0, "grads": None}))
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.updates = int(state["step"]), int(state["updates"])
@@ -210,4 +215,6 @@ class FlowAdaptiveSampler(BetaPolicyTerms, CreditPolicyGradient, ContinuousTimeS
             options.update({"credit": "'exact'"} if self.credit_delta == 0 else {"credit_delta": self.credit_delta})
         if self.credit_target != "bound":
             options["credit_target"] = repr(target_name(self.credit_target))
+        if self.lr and self.direction.every != 1:
+            options["direction_every"] = self.direction.every
         return options
