@@ -56,9 +56,11 @@ def test_a_forward_that_accelerate_wrapped_in_autocast_is_run_unwrapped_and_put_
     noise = torch.randn(x0.shape)
     rewards_fp32 = gradient_rewards(model, lambda net: mse_per_sample(net, schedule, x0, t, noise), opt,
                                     torch.Generator().manual_seed(5))
+    callable_fp32 = credit(lambda x, s: model(x, s), schedule, x0, t, opt)
     wrapped = wrap_forward_like_accelerate(model)
     assert model(x0, t).dtype == torch.bfloat16
     assert torch.equal(credit(model, schedule, x0, t, opt), fp32)
+    assert torch.equal(credit(lambda x, s: model(x, s), schedule, x0, t, opt), callable_fp32)  # its module is found
     rewards = gradient_rewards(model, lambda net: mse_per_sample(net, schedule, x0, t, noise), opt,
                                torch.Generator().manual_seed(5))
     assert torch.equal(rewards, rewards_fp32)

@@ -83,9 +83,11 @@ def full_precision(model, params):
     (it keeps the original as `_original_forward`) put back for the while. So the credit's sign and ranking do
     not depend on the loop's precision, and the exact credit's forward mode, which fails under CPU autocast
     (a bf16 weight meets an fp32 input in conv), runs. Measured on the digits UNet (docs/learned-sampler.md,
-    "Under mixed precision"): a bf16 credit would rank alike (Spearman >= 0.9995), so this costs no ranking; it costs
-    fp32 passes. A callable that enters autocast itself keeps it (its module is not searched here)."""
-    modules = [m for m in (model.modules() if isinstance(model, nn.Module) else ())
+    "Under mixed precision"): a bf16 credit would rank alike (Spearman >= 0.9995), so this costs no ranking;
+    it costs fp32 passes. For a plain callable, the wrapped forward is looked for in the module found behind it
+    (owning_module); a callable that enters autocast itself keeps it."""
+    owner = model if isinstance(model, nn.Module) else owning_module(model, params)
+    modules = [m for m in (owner.modules() if owner is not None else ())
                if "_original_forward" in vars(m) and "forward" in vars(m)]
     wrapped = [vars(m)["forward"] for m in modules]
     with contextlib.ExitStack() as stack:
