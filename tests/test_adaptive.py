@@ -641,3 +641,94 @@ def test_two_ranks_share_one_queue_and_subset_and_scan_rank_zeros_image(tmp_path
     with single.observe(model, x0):
         model.load_state_dict(states[0]["after"])
     torch.testing.assert_close(single.queue.rows[0][0], a["queue"]["features"][0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_kept_probe_gradient_is_probed_once_per_n_updates_and_resumes_exactly(monkeypatch):
+    """direction_every=3: the bound probe runs on updates 0, 3, 6, ... and the kept gradient travels in the
+    sampler's state, so a run resumed between two probes continues as the uninterrupted one."""
+    import timestep_sampling.samplers.credit as credit_module
+    schedule = NoiseSchedule("linear", T=60)
+    x0_all = digits(48)
+    probes = []
+    real_probe = credit_module.bound_probe
+    monkeypatch.setattr(credit_module, "bound_probe", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+
+    def run(sampler, model, opt, steps, start, gen):
+        ts = []
+        for step in range(start, start + steps):
+            x0 = x0_all[(step * 16) % 48:(step * 16) % 48 + 16]
+            torch.manual_seed(step)  # dropout
+            t, w = sampler.sample(16, generator=gen, x0=x0)
+            with sampler.observe(model, x0, optimizer=opt):
+                loss = (w * mse_per_sample(model, schedule, x0, t, torch.randn(x0.shape, generator=gen))).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+            ts.append(t)
+        return torch.cat(ts)
+
+    def fresh(state=None):
+        torch.manual_seed(0)
+        model = ConvEps(60)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        sampler = AdaptiveSampler(schedule, update_every=1, bins=17, credit_strata=8, direction_every=3, lr=0.1)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sampler.load_state_dict(state["sampler"])
+        return sampler, model, opt
+
+    sampler, model, opt = fresh()
+    gen = torch.Generator().manual_seed(0)
+    run(sampler, model, opt, 5, 0, gen)
+    assert len(probes) == 2  # updates 0 and 3
+    buffer = io.BytesIO()
+    torch.save({"sampler": sampler.state_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
+                "gen": gen.get_state()}, buffer)
+    continued = run(sampler, model, opt, 4, 5, gen)
+    assert len(probes) == 3  # update 6
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    sampler2, model2, opt2 = fresh(saved)
+    gen2 = torch.Generator()
+    gen2.set_state(saved["gen"])
+    resumed = run(sampler2, model2, opt2, 4, 5, gen2)
+    assert len(probes) == 4  # the resumed run probed on update 6 too, not on 5
+    assert torch.equal(continued, resumed)
+    assert sampler.direction.age == sampler2.direction.age
+    for (k, v), v2 in zip(sampler.policy.state_dict().items(), sampler2.policy.state_dict().values()):
+        assert torch.equal(v, v2), k
+    assert "direction_every=3" in repr(sampler)
+    assert "direction_every" not in repr(AdaptiveSampler(schedule))  # the records' fingerprints stay as they were
+
+
+def test_a_kept_probe_gradient_is_preconditioned_afresh():
+    """The kept gradient is raw: each use scales it by the optimiser's current preconditioner, so the credit
+    on a stale update equals the credit along P_now·∇L̂_then computed by hand."""
+    from timestep_sampling.samplers.credit import StaleGradient, directional_credit
+    torch.manual_seed(0)
+    schedule = NoiseSchedule("linear", T=50)
+    model = ConvEps(50).double()
+    x0 = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    t = torch.randint(50, (6,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    noise = torch.randn(x0.shape, dtype=torch.float64)
+
+    def probe():
+        return mse_per_sample(model, schedule, x0, t, noise).sum()
+
+    def losses(net):
+        return mse_per_sample(net, schedule, x0, t, noise)
+
+    stale = StaleGradient(every=2)
+    directional_credit(model, probe, losses, opt, stale=stale)  # probes, keeps ∇ at θ0
+    kept = [g.clone() for g in stale.grads]
+    mse_per_sample(model, schedule, x0, t).mean().backward()  # one Adam step: θ and P change
+    opt.step()
+    opt.zero_grad()
+    reused = directional_credit(model, probe, losses, opt, stale=stale)
+    assert all(torch.equal(a, b) for a, b in zip(kept, stale.grads))  # not probed again
+
+    params = list(model.parameters())
+    by_hand = directional_credit(model, lambda: sum((k * p).sum() for k, p in zip(kept, params)), losses, opt)
+    assert torch.allclose(reused, by_hand, rtol=1e-9, atol=1e-12)

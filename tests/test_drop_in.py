@@ -266,3 +266,42 @@ def test_the_flow_sampler_credits_a_weighted_velocity_objective():
             opt.step()
             opt.zero_grad()
     assert sampler.updates == 2 and torch.isfinite(sampler.last_rewards).all()
+
+
+def test_a_callable_is_differentiated_in_forward_mode_when_its_module_can_be_found(monkeypatch):
+    """A lambda, a functools.partial and a bound method reach their module, and the credit is then taken by
+    forward mode (the reverse passes are not run); a callable object that hides its module falls back to
+    reverse mode, with the same credit."""
+    import functools
+    import timestep_sampling.samplers.credit as credit_module
+    torch.manual_seed(0)
+    schedule = NoiseSchedule("linear", T=50)
+    model = ConvEps(50).double()
+    x0 = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    opt = adam_with_state(model, schedule, x0)
+    model.eval()
+    t = torch.randint(50, (6,))
+
+    def credit(net):
+        return first_order_credit(net, schedule, x0, t, opt, generator=torch.Generator().manual_seed(3), strata=8,
+                                  bins=17)
+
+    class Hidden:  # holds the module where no closure, partial or bound self shows it
+        def __init__(self):
+            self.nets = {"eps": model}
+
+        def __call__(self, x, s):
+            return self.nets["eps"](x, s)
+
+    reference = credit(model)
+    reverse = credit_module._reverse_mode
+    calls = []
+    monkeypatch.setattr(credit_module, "_reverse_mode", lambda *a: calls.append(1) or reverse(*a))
+    for found in (lambda x, s: model(x, s), functools.partial(model.forward), model.forward):
+        assert credit_module.owning_module(found, list(model.parameters())) is model
+        assert torch.allclose(credit(found), reference, rtol=1e-10, atol=1e-12)
+    assert calls == []
+    hidden = Hidden()
+    assert credit_module.owning_module(hidden, list(model.parameters())) is None
+    assert torch.allclose(credit(hidden), reference, rtol=1e-10, atol=1e-12)
+    assert calls == [1]
