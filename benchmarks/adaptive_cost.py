@@ -48,15 +48,18 @@ def digits() -> torch.Tensor:
 class Trainer:
     """A plain training step around any sampler: sample, weighted MSE, observe(optimiser step)."""
 
-    def __init__(self, model, schedule, data, batch_size, seed=0):
+    def __init__(self, model, schedule, data, batch_size, seed=0, as_callable=False):
         self.model, self.schedule, self.data, self.batch_size = model, schedule, data, batch_size
+        # --callable: observe() sees `lambda x, t: model(x, t)` (with optimizer=), as a loop whose model needs
+        # more arguments than (x_t, t) hands it
+        self.observed = (lambda x, t: model(x, t)) if as_callable else model
         self.opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         self.gen = torch.Generator().manual_seed(seed)
 
     def step(self, sampler) -> None:
         x0 = self.data[torch.randint(len(self.data), (self.batch_size,), generator=self.gen)]
         t, w = sampler.sample(len(x0), x0.device, generator=self.gen, x0=x0)
-        with sampler.observe(self.model, x0, optimizer=self.opt):
+        with sampler.observe(self.observed, x0, optimizer=self.opt):
             loss = (w * mse_per_sample(self.model, self.schedule, x0, t)).mean()
             loss.backward()
             self.opt.step()
@@ -78,6 +81,8 @@ UPDATE_CONFIGS = {  # what an update step does
     "credit, 64 probe strata (default: exact, forward mode)": {},
     "credit by central difference, delta 1e-4": {"credit_delta": 1e-4},
     "credit, 32 probe strata": {"credit_strata": 32},
+    "credit, probe gradient kept for 2 updates": {"direction_every": 2},
+    "credit, probe gradient kept for 4 updates": {"direction_every": 4},
     "credit, 128 probe strata": {"credit_strata": 128},
     "paper: |S|=3, scan=50": PAPER,
     "paper: |S|=1, scan=50": {**PAPER, "subset_size": 1},
@@ -87,6 +92,7 @@ UPDATE_CONFIGS = {  # what an update step does
     "paper: |S|=3, scan=50, one probe pass": {**PAPER, "probe_batch": 10**6},
 }
 CIFAR_CONFIGS = ("credit, 64 probe strata (default: exact, forward mode)", "credit by central difference, delta 1e-4",
+                 "credit, probe gradient kept for 2 updates", "credit, probe gradient kept for 4 updates",
                  "paper: |S|=3, scan=50", "paper: |S|=3, full scan (as published)")
 KS = (10, 20, 40, 80)
 
@@ -105,8 +111,13 @@ def decomposed_cost(title: str, trainer: Trainer, schedule, pairs: int, reps: in
         for c, sampler in plain.items():
             t_uniform.append(trainer.timed(uniform, 1))
             t_plain[c].append(trainer.timed(sampler, 1))
-    for _ in range(reps):
+    rounds = max(-(-reps // extra.get("direction_every", 1)) * extra.get("direction_every", 1)
+                 for extra in configs.values())
+    for r in range(rounds):
         for name, sampler in updating.items():
+            every = configs[name].get("direction_every", 1)
+            if r >= -(-reps // every) * every:  # whole probe cycles only, so that the mean is the cycle's
+                continue
             t_uniform.append(trainer.timed(uniform, 1))
             t_update[name].append(trainer.timed(sampler, 1))
     tu = statistics.median(t_uniform)
@@ -118,17 +129,18 @@ def decomposed_cost(title: str, trainer: Trainer, schedule, pairs: int, reps: in
     print("| update step does | update step ms | " + " | ".join(f"ratio K={k}" for k in KS) + " |")
     print("|---|---|" + "---|" * len(KS))
     for name, times in t_update.items():
-        tup = statistics.median(times)
+        # a kept probe gradient makes updates alternate between probing and not: their mean is the cost
+        tup = statistics.mean(times) if configs[name].get("direction_every", 1) > 1 else statistics.median(times)
         plain_step = tp[configs[name].get("conditioned", False)]  # the policy this configuration draws t with
         cells = [f"{(tup + (k - 1) * plain_step) / (k * tu):.3f}x" for k in KS]
         print(f"| {name} | {1e3 * tup:.0f} | " + " | ".join(cells) + " |")
     print("(each row's plain steps are those of its own policy: global Beta for the credit, conditioned for the paper)")
 
 
-def digits_cost(pairs: int, reps: int, rounds: int) -> None:
+def digits_cost(pairs: int, reps: int, rounds: int, as_callable: bool = False) -> None:
     schedule = NoiseSchedule("linear", T=1000)
     torch.manual_seed(0)
-    trainer = Trainer(make_unet(8, 1, "tiny"), schedule, digits(), batch_size=128)
+    trainer = Trainer(make_unet(8, 1, "tiny"), schedule, digits(), batch_size=128, as_callable=as_callable)
     decomposed_cost("Digits 8x8, make_unet(8, 1, 'tiny'), batch 128, T=1000", trainer, schedule, pairs, reps,
                     UPDATE_CONFIGS, bins=17)
     uniform, adaptive = make_sampler("uniform", schedule), make_sampler("adaptive", schedule, bins=17)
@@ -141,10 +153,11 @@ def digits_cost(pairs: int, reps: int, rounds: int) -> None:
           f"{statistics.median(ratios):.3f}x (per round: {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
-def cifar_cost(pairs: int, reps: int) -> None:
+def cifar_cost(pairs: int, reps: int, as_callable: bool = False) -> None:
     schedule = NoiseSchedule("linear", T=1000)
     torch.manual_seed(0)
-    trainer = Trainer(make_unet(32, 3, "small"), schedule, torch.rand(256, 3, 32, 32) * 2 - 1, batch_size=32)
+    trainer = Trainer(make_unet(32, 3, "small"), schedule, torch.rand(256, 3, 32, 32) * 2 - 1, batch_size=32,
+                      as_callable=as_callable)
     configs = {k: UPDATE_CONFIGS[k] for k in CIFAR_CONFIGS}
     decomposed_cost("32x32, make_unet(32, 3, 'small'), batch 32, T=1000", trainer, schedule, pairs, reps, configs)
 
@@ -224,13 +237,14 @@ def main():
     parser.add_argument("--rows", type=int, default=45, help="full-scan rows to collect for the agreement study")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip", nargs="*", default=[], choices=["digits", "cifar", "agreement"])
+    parser.add_argument("--callable", action="store_true", help="observe() gets a plain callable, not the network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if "digits" not in args.skip:
-        digits_cost(args.pairs, args.reps, args.rounds)
+        digits_cost(args.pairs, args.reps, args.rounds, args.callable)
     if "cifar" not in args.skip:
-        cifar_cost(max(args.pairs // 6, 2), max(args.reps // 5, 1))  # a full-scan update takes ~17 s here
+        cifar_cost(max(args.pairs // 6, 2), max(args.reps // 5, 1), args.callable)  # a full-scan update: ~17 s
     if "agreement" not in args.skip:
         scan_agreement(*collect_scan_rows(args.rows))
     print(f"\n(total {time.perf_counter() - start:.0f} s, {args.threads} thread(s))")

@@ -16,6 +16,10 @@ left out (their cost is their fixed sampler's).
 
     python benchmarks/step_cost.py                       # the grids' recorded methods: about 8 minutes idle
     python benchmarks/step_cost.py --methods uniform,adaptive,adaptive-variance --rounds 2   # a look
+    python benchmarks/step_cost.py --callable --out docs/bench/step_cost_callable.json       # model as a lambda
+
+--callable hands the learned samplers' observe() a plain callable, `lambda x, t: net(x, t)` (with optimizer=),
+instead of the network: the path a loop takes when its model needs more arguments than (x_t, t).
 
 Run it on an idle machine (nothing else training): two jobs side by side share memory bandwidth unevenly.
 """
@@ -67,7 +71,13 @@ def seconds_per_step(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(grid: str, methods: list[str], rounds: int, scratch: str, say=print) -> dict:
+def observe_a_callable(trainer: Trainer) -> None:
+    """Make the trainer hand its sampler's observe() `lambda x, t: net(x, t)` instead of the network."""
+    observe, net = trainer.sampler.observe, trainer.net
+    trainer.sampler.observe = lambda model, x0, **options: observe(lambda x, t: net(x, t), x0, **options)
+
+
+def measure(grid: str, methods: list[str], rounds: int, scratch: str, say=print, as_callable: bool = False) -> dict:
     """{method: {"ratio", "ratios", "seconds_per_step", "block_steps"}} for one grid's setting; ratios are
     against the grid's baseline (uniform, or flow-uniform for a flow grid)."""
     options = dict(GRIDS[grid])
@@ -77,6 +87,9 @@ def measure(grid: str, methods: list[str], rounds: int, scratch: str, say=print)
     data = load_data(settings.data)
     trainers = {m: Trainer(run_config(settings, m, schedule, 0), progress=False, data=data)
                 for m in dict.fromkeys([baseline, *methods])}
+    if as_callable:
+        for trainer in trainers.values():
+            observe_a_callable(trainer)
     for trainer in trainers.values():  # warm: first allocations, and each sampler past its first update
         seconds_per_step(trainer, block_steps(trainer))
     others = [m for m in trainers if m != baseline]
@@ -114,6 +127,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the cells' own: 1)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--callable", action="store_true", help="observe() gets a plain callable, not the network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     by_objective: dict[str, tuple[str, list[str]]] = {}  # every ddpm grid shares one setting, so does every flow one
@@ -127,11 +141,12 @@ def main() -> None:
         first, known = by_objective.get(key, (grid, []))
         by_objective[key] = (first, list(dict.fromkeys(known + chosen)))
     result = {"what": "seconds per training step of each method / its baseline's, interleaved blocks, one machine",
-              "threads": args.threads, "rounds": args.rounds, "objectives": {}}
+              "threads": args.threads, "rounds": args.rounds, "model_as": "callable" if args.callable else "module",
+              "objectives": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for key, (grid, methods) in by_objective.items():
             if methods:
-                result["objectives"][key] = measure(grid, methods, args.rounds, scratch)
+                result["objectives"][key] = measure(grid, methods, args.rounds, scratch, as_callable=args.callable)
     result["provenance"] = provenance()
     write_json(args.out, result)
     for key, part in result["objectives"].items():

@@ -64,3 +64,24 @@ def test_the_file_it_writes_is_what_the_report_reads(step_cost, monkeypatch, tmp
     assert read_step_cost(str(out), flow=False) == {"uniform": 1.0, "adaptive": pytest.approx(2.0)}
     assert read_step_cost(str(out), flow=True) == {"flow-uniform": 1.0, "flow-adaptive": pytest.approx(2.0)}
     assert json.loads(out.read_text())["provenance"]["threads"] == 1
+
+
+def test_callable_mode_hands_observe_a_plain_callable_around_the_network(step_cost):
+    """--callable: the sampler's observe() sees a lambda (not an nn.Module) that computes the network's output."""
+    seen = []
+
+    class Sampler:
+        def observe(self, model, x0, **options):
+            seen.append((model, options))
+
+    class FakeTrainer:
+        sampler = Sampler()
+        net = staticmethod(lambda x, t: x * 2 + t)
+
+    trainer = FakeTrainer()
+    step_cost.observe_a_callable(trainer)
+    trainer.sampler.observe("the network", torch.zeros(1, 2), optimizer="opt")
+    model, options = seen[0]
+    assert not isinstance(model, torch.nn.Module) and options == {"optimizer": "opt"}
+    x = torch.randn(3, 2)
+    assert torch.equal(model(x, 1), x * 2 + 1)
