@@ -93,6 +93,7 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     # probe's gradient reused for 2 or 4 updates (direction_every); measured on credit3k against `adaptive`
     "adaptive-k40-d2": ("adaptive:update_every=40,lr=0.06,direction_every=2", "none"),
     "adaptive-k40-d4": ("adaptive:update_every=40,lr=0.06,direction_every=4", "none"),
+    "flow-adaptive-k40-d2": ("flow-adaptive:update_every=40,lr=0.06,direction_every=2", "flow-none"),
     "flow-elbo": ("flow-uniform", "flow-elbo"),
     "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
     "flow-beta-0.95": ("flow-beta:a=0.95,b=0.95", "flow-none"),
