@@ -88,9 +88,22 @@ def write_record(folder: Path, name: str, settings, record: dict) -> Path:
     machine's provenance unless the record carries its own."""
     folder = Path(folder)
     path = record_path(folder, name)
+    check_not_replacing(folder, name, record.get("fingerprint"))
     body = {"grid": grid_key(settings), **record}
     body.setdefault("provenance", provenance())  # a record rewritten to add scores keeps where it was made
     return rewrite_record(path, body)
+
+
+def check_not_replacing(folder: Path, name: str, fingerprint: str | None) -> None:
+    """Refuse to write over a cell's record that another meaning of the method's name made: a preset whose
+    defaults changed (the learned sampler's update, 2026-12-07) would otherwise replace the old records, which
+    the reports and the README are built from, with runs of something else under the same name."""
+    path = record_path(folder, name)
+    old = load_record(path) if path.is_file() else None
+    made_by = None if old is None else old.get("fingerprint")
+    require(made_by is None or fingerprint is None or made_by == fingerprint,
+            f"{str(path)!r} holds the record of {made_by}, but {name.split('__')[0]!r} now trains {fingerprint}: "
+            f"run the old configuration by its spec (docs/methods.md), or record into another --records folder")
 
 
 def rewrite_record(path: Path, record: dict) -> Path:
@@ -159,7 +172,7 @@ def _well_formed(record) -> bool:
         if not (isinstance(e, dict) and isinstance(e.get("step"), int) and isinstance(e.get("bpd_method"), str)
                 and (e.get("method"), e.get("schedule"), e.get("seed")) == cell):
             return False
-        scores = [v for k, v in e.items() if k.startswith(("test_", "train_", "fd", "fid"))]
+        scores = [v for k, v in e.items() if k.startswith(("test_", "train_", "fd", "fid", "kid"))]
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in scores):
             return False
     return True
