@@ -3,10 +3,11 @@ diffusers' examples/unconditional_image_generation/train_unconditional.py. One f
 and the loss weighting (timestep_sampling.make_method: adaptive, uniform, min-snr, ...).
 
     python examples/train_accelerate.py --method adaptive --max_train_steps 200 --output_dir runs/acc
-    accelerate launch --cpu --num_processes 2 examples/train_accelerate.py --method adaptive ...
+    torchrun --standalone --nproc-per-node=2 examples/train_accelerate.py --cpu ...   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 examples/train_accelerate.py ... # 2 GPUs
     python examples/train_accelerate.py ... --resume_from_checkpoint latest   # continues a run bit for bit
 
-The three lines that differ from a uniform-timestep loop are marked "# sampler". observe() runs on every
+The lines that differ from a uniform-timestep loop are marked "# sampler". observe() runs on every
 micro-step: the credit is a derivative at the current weights, and the micro-batch's gradient joins the next
 optimiser step, so a micro-step that does not step is credited like one that does (docs/multi-process.md).
 At the end the main process writes OUTPUT_DIR/summary.json: the sampler's state and every rank's fingerprints.
@@ -130,6 +131,7 @@ def main(args):
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
+            sampler.update(t, mse.detach())  # sampler: the loss-learning ones (variance, loss-second-moment)
             if accelerator.sync_gradients:
                 ema.step(model.parameters())
                 global_step += 1
@@ -141,7 +143,7 @@ def main(args):
 
     weights = fingerprint(*accelerator.unwrap_model(model).parameters())
     sampler_state = fingerprint(*state_tensors(sampler.state_dict()))
-    ranks = gather_object([{"weights": weights, "sampler": sampler_state}])
+    ranks = gather_object([{"weights": weights, "sampler": sampler_state, "last_loss": loss.item()}])
     if accelerator.is_main_process:
         pmf = sampler.probabilities() if sampler.has_pmf else None
         summary = {
@@ -164,5 +166,6 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    except UserError as error:  # a mistake in the arguments: one line, status 2 (as argparse's own)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
