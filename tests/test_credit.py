@@ -177,11 +177,14 @@ def test_reward_signal_runs_on_a_checkpoint_from_the_command_line(tmp_path, caps
     assert main(["train", "--steps", "2", "--T", "50", "--batch-size", "32", "--num-samples", "0", "--no-progress",
                  "--eval-every", "0", "--checkpoint-every", "2", "--out", str(run), "--config", str(cheap)]) == 0
     assert main(["analyze", "reward-signal", "--run", str(run), "--updates", "3", "--groups", "4",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--kept", "2"]) == 0
     out = capsys.readouterr().out
-    assert "paper: t explains" in out and "credit: t explains" in out
+    assert "paper: t explains" in out and "credit: t explains" in out and "kept: t explains" in out
     record = json.loads((run / "analysis" / "reward_signal.json").read_text())
-    assert set(record["estimators"]) == {"paper", "credit"} and record["updates"] == 3
+    assert set(record["estimators"]) == {"paper", "credit", "kept"} and record["updates"] == 3
+    assert record["kept"] == 2
+    fresh, kept = record["estimators"]["credit"], record["estimators"]["kept"]
+    assert fresh["mean"] != kept["mean"]  # the kept gradient's credit differs from update 1 on
     assert all(e["samples"] == 96 and 0 <= e["explained"] <= 1 for e in record["estimators"].values())
     assert (run / "analysis" / "reward_signal.png").stat().st_size > 0
 

@@ -128,7 +128,8 @@ def _analyze_sampler_density(args) -> None:
 def _analyze_reward_signal(args) -> None:
     from .reward_signal import reward_signal
 
-    r = reward_signal(args.run, step=args.step, updates=args.updates, groups=args.groups, **_analysis_args(args))
+    r = reward_signal(args.run, step=args.step, updates=args.updates, groups=args.groups, kept=args.kept,
+                      **_analysis_args(args))
     for name, e in r["estimators"].items():
         print(f"{name:>7}: t explains {100 * e['explained']:.2f}% of the reward's variance, "
               f"F = {e['F']:.2f}, p = {e['p']:.2e} ({e['samples']} samples)")
@@ -190,6 +191,8 @@ def _add_analyze_parser(sub) -> None:
     p.add_argument("--step", type=int, help="the checkpoint to start from (default the latest)")
     p.add_argument("--updates", type=int, default=20, help="training steps scored, one batch each (default 20)")
     p.add_argument("--groups", type=int, default=10, help="quantile groups of t (default 10: deciles)")
+    p.add_argument("--kept", type=int, default=0, help="also score the credit whose bound-probe gradient is kept "
+                                                       "for this many steps (direction_every; default 0: not)")
     p.set_defaults(func=_analyze_reward_signal)
 
     p = kinds.add_parser("sampler-density", help="the sampler's timestep density over training, from "

@@ -7,6 +7,8 @@ step, scores the batch with each reward estimator on the SAME timesteps and the 
 
     paper    eq. 14: the drop of the sample's own image's bound terms on S after the whole batch's update
     credit   first order: the sample's gradient against the preconditioned gradient of the bound (credit.py)
+    kept     the same credit with the bound probe's gradient kept for `kept` steps (direction_every): what a
+             stale direction costs the signal (`kept`=0 leaves it out)
 
 Each update's mean is removed (a REINFORCE baseline removes it too), then the rewards are grouped by the
 decile of t: per-decile mean ± standard error, the share of the variance the decile explains, and the
@@ -14,6 +16,7 @@ one-way ANOVA F and p. Writes OUT/reward_signal.{json,png}. Outer ring: it uses 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -26,7 +29,7 @@ from .diffusion import mse_per_sample
 from .errors import require
 from .samplers.adaptive import AdaptiveSampler
 
-ESTIMATORS = ("paper", "credit")
+ESTIMATORS = ("paper", "credit", "kept")
 
 
 def t_dependence(t, reward, update, groups: int = 10) -> dict:
@@ -55,16 +58,20 @@ def t_dependence(t, reward, update, groups: int = 10) -> dict:
             "F": float(f), "p": float(p), "samples": len(t)}
 
 
-def _rewarders(schedule, bins: int, variance: str, seed: int) -> dict[str, AdaptiveSampler]:
+def _rewarders(schedule, bins: int, variance: str, seed: int, kept: int = 0) -> dict[str, AdaptiveSampler]:
     """One frozen, unconditioned sampler per estimator, all with the same seed: they draw the same t."""
-    return {name: AdaptiveSampler(schedule, conditioned=False, lr=0.0, update_every=1, reward=name, bins=bins,
-                                  variance=variance, seed=seed) for name in ESTIMATORS}
+    options = {"paper": {"reward": "paper"}, "credit": {"reward": "credit"},
+               "kept": {"reward": "credit", "direction_every": kept}}
+    return {name: AdaptiveSampler(schedule, conditioned=False, lr=0.0, update_every=1, bins=bins, variance=variance,
+                                  seed=seed, **options[name]) for name in ESTIMATORS if name != "kept" or kept}
 
 
 def reward_signal(run, out, *, step: int | None = None, updates: int = 20, groups: int = 10, seed: int = 0,
-                  data: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Score `updates` training steps from the checkpoint at `step` (default the latest) with every estimator."""
+                  kept: int = 0, data: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Score `updates` training steps from the checkpoint at `step` (default the latest) with every estimator;
+    `kept` > 0 adds the credit whose bound-probe gradient is kept for that many steps."""
     require(isinstance(updates, int) and updates >= 2, f"--updates must be >= 2, got {updates!r}")
+    require(isinstance(kept, int) and kept >= 0, f"--kept must be an integer >= 0, got {kept!r}")
     require(isinstance(groups, int) and groups >= 2, f"--groups must be >= 2 (an F-test compares groups of t), "
                                                      f"got {groups!r}")
     ckpt_step, model, schedule, ckpt_cfg, state, dataset = checkpoint_to_train_on(run, step, data, device)
@@ -72,9 +79,9 @@ def reward_signal(run, out, *, step: int | None = None, updates: int = 20, group
     train_x = dataset.train.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=ckpt_cfg.lr)
     opt.load_state_dict(copy.deepcopy(state["optimizer"]))
-    rewarders = _rewarders(schedule, dataset.bins, ckpt_cfg.variance, seed)
+    rewarders = _rewarders(schedule, dataset.bins, ckpt_cfg.variance, seed, kept)
     gen = torch.Generator().manual_seed(seed)
-    ts, rewards, labels = [], {name: [] for name in ESTIMATORS}, []
+    ts, rewards, labels = [], {name: [] for name in rewarders}, []
     cuda = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)  # dropout in the training steps
@@ -86,7 +93,9 @@ def reward_signal(run, out, *, step: int | None = None, updates: int = 20, group
             t = draws[0]
             require(all(torch.equal(t, d) for d in draws), "the estimators drew different timesteps")
             noise = torch.randn(x0.shape, generator=gen).to(dev)
-            with rewarders["paper"].observe(model, x0), rewarders["credit"].observe(model, x0, optimizer=opt):
+            with contextlib.ExitStack() as scoring:
+                for r in rewarders.values():
+                    scoring.enter_context(r.observe(model, x0, optimizer=opt))
                 mse_per_sample(model, schedule, x0, t, noise).mean().backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), ckpt_cfg.grad_clip or math.inf)
                 opt.step()
@@ -99,6 +108,8 @@ def reward_signal(run, out, *, step: int | None = None, updates: int = 20, group
     results = {name: t_dependence(t, np.concatenate(v), labels, groups) for name, v in rewards.items()}
     record = {"analysis": "reward_signal", "run": str(run), "step": ckpt_step, "schedule": schedule.to_config(),
               "updates": updates, "batch_size": ckpt_cfg.batch_size, "seed": seed, "estimators": results}
+    if kept:
+        record["kept"] = kept
     title = f"reward vs timestep: {run} at step {ckpt_step} ({schedule.name}), {updates} updates"
     return _write(out, "reward_signal", record, lambda p: _plot(p, results, title))
 
