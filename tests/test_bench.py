@@ -436,9 +436,11 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     results = json.loads((out / "results.json").read_text())
     records = results["records"]
     assert [r["step"] for r in records] == [0, 5, 10]
-    for r in records:  # --fd-samplers ddim: DDIM's FD and FID, no ancestral one
-        assert {"method", "schedule", "seed", "step", "train_seconds", "test_bpd", "fd_ddim", "fid_ddim"} <= set(r)
-        assert not {"fd", "fid", "fd_ddpm", "fid_ddpm"} & set(r)
+    for r in records:  # --fd-samplers ddim: DDIM's FD and FID, each with its KID, no ancestral one
+        assert {"method", "schedule", "seed", "step", "train_seconds", "test_bpd", "fd_ddim", "fid_ddim",
+                "kid_ddim", "kid_ddim_std", "kidfid_ddim", "kidfid_ddim_std"} <= set(r)
+        assert not {"fd", "fid", "fd_ddpm", "fid_ddpm", "kid_ddpm"} & set(r)
+    assert records[0]["kid_ddim"] is None and all(r["kid_ddim_std"] > 0 for r in records[1:])
     assert records[0]["fd_ddim"] is None and all(r["fd_ddim"] > 0 and r["fid_ddim"] >= 0 for r in records[1:])
     assert records[-1]["bpd_method"] == "exact"
     # with T = 10 the estimate computes every term exactly, with the same noise as the exact bound
@@ -460,12 +462,14 @@ def test_tiny_grid_outputs_resume_and_skip(tmp_path, classifier_cache, monkeypat
     assert float(re.search(r"test accuracy: \*\*([0-9.]+)%\*\*", report).group(1)) > 95
     assert (out / "curves_fd_ddim.png").stat().st_size > 0 and (out / "curves_fid_ddim.png").stat().st_size > 0
     assert not (out / "curves_fd_ddpm.png").exists() and "FD DDPM" not in report
+    assert "KID DDIM @10" in report and "- **KID**: kernel inception distance" in report  # beside every FD
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]  # scored ones pruned, last kept
     final = records[-1]
     assert first["headline"].splitlines() == [  # what the terminal shows
         "linear, step 10 (mean ± std over seeds; lower is better):",
         f"  uniform            bits/dim {final['test_bpd']:.3f} ± 0.000; FD DDIM {final['fd_ddim']:.1f} ± 0.0; "
-        f"FID DDIM {final['fid_ddim']:.1f} ± 0.0"]
+        f"KID DDIM {final['kid_ddim']:.2f} ± 0.00; FID DDIM {final['fid_ddim']:.1f} ± 0.0; "
+        f"KID-Inception DDIM {final['kidfid_ddim']:.4f} ± 0.0000"]
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -889,7 +893,8 @@ def test_fd_ddpm_scores_ancestral_samples_and_a_record_gains_it_from_its_checkpo
     after = bench.load_record(path)
     assert [e.get("fd_ddpm") is not None for e in after["evals"]] == [False, True, True]
     assert [e["fd_ddim"] for e in after["evals"]] == [e["fd_ddim"] for e in before["evals"]]
-    assert after["provenance"] == before["provenance"] and after["scores_added"][0]["metrics"] == ["fd_ddpm"]
+    assert after["provenance"] == before["provenance"]
+    assert after["scores_added"][0]["metrics"] == ["fd_ddpm", "kid_ddpm"]  # the KID comes with its FD
 
     model, schedule, cfg, meta = load_model(out / "runs" / "uniform__linear__s0" / "checkpoints" / "step_00000010")
     images = ddpm_sample(model, schedule, (32,) + tuple(meta["data_shape"]), generator=torch.Generator().manual_seed(0),

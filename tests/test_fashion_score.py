@@ -73,3 +73,26 @@ def test_the_fashion_classifier_reaches_90_percent(tmp_path):
 
     _, _, xt, yt = load_idx_folder(FASHION_DIR)
     assert frechet.batched_accuracy(model, xt, yt) == pytest.approx(info["test_accuracy"])
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_the_bench_scores_fashion_mnist_in_its_classifier_with_fd_and_kid(tmp_path, monkeypatch):
+    """`bench --data fashion-mnist` builds its FD (and KID) scorer on the Fashion-MNIST classifier, cached under
+    OUT/classifier, with the floor's FD and KID for the report (a stand-in for the trained classifier here)."""
+    from timestep_sampling import bench
+
+    calls = []
+    monkeypatch.setattr(frechet, "train_fashion_classifier", _fake_training(calls))
+    settings = bench.make_settings(tmp_path, methods="uniform", schedules="linear", seeds=1, steps=10, eval_every=5,
+                                   T=10, batch_size=16, fd_samples=64, ddim_steps=3, device="cpu", progress=False,
+                                   data="fashion-mnist", fd_samplers="ddim")
+    scorers, info = bench.build_scorers(settings, "cpu", tmp_path)
+    (scorer,) = scorers
+    assert scorer.key["features"] == "fashion-classifier-v1-s0" and scorer.metric("ddim") == "fd_ddim"
+    assert scorer.kid_metric("ddim") == "kid_ddim" and scorer.reference_features.shape == (10_000, 128)
+    assert info["name"] == "fashion-classifier" and info["floor_images"] == 64 and info["reference_images"] == 10_000
+    assert info["floor_fd"] > 0 and info["floor_kid_std"] > 0 and calls == [0]
+    assert (tmp_path / "classifier" / "fashion_classifier.safetensors").is_file()
+    images = torch.rand(64, 1, 28, 28) * 2 - 1
+    fd, kid, kid_std = scorer.scores(images)
+    assert fd == pytest.approx(scorer(images)) and kid > info["floor_kid"] and kid_std > 0

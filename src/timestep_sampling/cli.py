@@ -249,7 +249,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="training steps per run (default 3000)")
     p.add_argument("--eval-every", type=int, help="checkpoint, bits/dim and FD every N steps (default 500, --quick "
                                                   "200; with only --steps, as many checkpoints as the preset)")
-    p.add_argument("--data", help="digits (default); other data need --inception for a sample-quality score")
+    p.add_argument("--data", help="digits (default) or fashion-mnist, scored in their own classifier's features (FD "
+                                  "and KID); other data need --inception for a sample-quality score")
     p.add_argument("--model", help="UNet preset (default tiny)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--T", type=int, help="diffusion timesteps (default 1000)")
@@ -289,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a DDPM with a timestep sampler and loss weighting")
     p.add_argument("--config", help="a JSON or TOML file of TrainConfig keys; flags override it")
     p.add_argument("--data", help="digits (default, embedded), photos32 (32x32 RGB crops of scikit-image's bundled "
-                                  "photographs), an image folder, a .npz, or a CIFAR-10 batches folder")
+                                  "photographs), fashion-mnist (apt-get install dataset-fashion-mnist), an image "
+                                  "folder, a .npz, a CIFAR-10 batches folder, or a folder of MNIST-style idx files")
     p.add_argument("--out", help="output folder (default runs/digits)")
     p.add_argument("--steps", type=int)
     p.add_argument("--schedule", help="linear, quad, cosine (or scaled_linear, squaredcos_cap_v2)")

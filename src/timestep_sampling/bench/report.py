@@ -16,7 +16,10 @@ from .stats import (BASELINE, HEURISTIC_WORDS, LEARNED_CONTROLS, QUALITY_METRICS
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun"}
 METRIC_LABELS = {"test_bpd": "test bits/dim", "test_bpd_estimate": "test bits/dim (stratified estimate)",
                  **{f"fd_{k}": f"FD of {v} samples (digit-classifier features)" for k, v in SAMPLER_NAMES.items()},
-                 **{f"fid_{k}": f"FID of {v} samples (TorchScript features)" for k, v in SAMPLER_NAMES.items()}}
+                 **{f"fid_{k}": f"FID of {v} samples (TorchScript features)" for k, v in SAMPLER_NAMES.items()},
+                 **{f"kid_{k}": f"KID of {v} samples (classifier features)" for k, v in SAMPLER_NAMES.items()},
+                 **{f"kidfid_{k}": f"KID of {v} samples (TorchScript features)" for k, v in SAMPLER_NAMES.items()}}
+SCORE_NAMES = {"kidfid": "KID-Inception"}  # the KID in the FID network's features; the others are their upper case
 
 
 def metric_label(metric: str) -> str:
@@ -24,7 +27,7 @@ def metric_label(metric: str) -> str:
     if metric.startswith("test_bpd"):
         return "bits/dim"
     name, _, sampler = metric.partition("_")
-    return f"{name.upper()} {SAMPLER_NAMES.get(sampler, sampler)}"
+    return f"{SCORE_NAMES.get(name, name.upper())} {SAMPLER_NAMES.get(sampler, sampler)}"
 
 
 def sampler_words(sampler: str, settings: BenchSettings) -> str:
@@ -112,6 +115,8 @@ def _fmt(value, digits: int) -> str:
 
 
 def _digits(metric: str) -> int:
+    if metric.startswith("kid"):  # in Inception's features a few thousandths; in the classifiers' a few units
+        return 4 if metric.startswith("kidfid") else 2
     return 3 if metric.startswith("test_bpd") else 1
 
 
@@ -440,8 +445,11 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   f"({', '.join(sampler_words(x, s) for x in fd_samplers)}; EMA weights; starting noise from seed "
                   f"{s.sample_seed}, the same for every method, seed and checkpoint; images rounded to the data's grey "
                   f"levels) and of the {classifier.get('reference_images')} images of the **test split**. Features: "
-                  f"the 64-unit penultimate layer of a small CNN digit classifier trained once on the digits' training "
-                  f"split (seed {classifier.get('seed')}, cached in `{classifier.get('cache')}`); its test accuracy: "
+                  + ("the 128-unit hidden layer of a small CNN classifier trained once on Fashion-MNIST's training "
+                     "split" if classifier.get("name") == "fashion-classifier" else
+                     "the 64-unit penultimate layer of a small CNN digit classifier trained once on the digits' "
+                     "training split")
+                  + f" (seed {classifier.get('seed')}, cached in `{classifier.get('cache')}`); its test accuracy: "
                   f"**{100 * classifier.get('test_accuracy', float('nan')):.1f}%** on "
                   f"{classifier.get('test_images')} images. **Floor** from sample size: the FD between "
                   f"{classifier.get('floor_images')} real training images and the test split (disjoint real sets, "
@@ -451,8 +459,17 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                   + (" A record made before the bench scored several samplers holds DDIM's (Euler's for a flow) "
                      "alone: its other FDs show as –, and a mean over fewer seeds than the row's says over how "
                      "many (n)." if costs.get("incomplete") else "")]
+    if any(m.startswith("kid") for m in quality):
+        floor_kid = classifier.get("floor_kid")
+        lines += ["- **KID**: kernel inception distance (Bińkowski et al. 2018), in the same features and of the "
+                  "same images as each FD: the unbiased MMD² under the kernel (xᵀy/d + 1)³, averaged over 100 random "
+                  "subsets of min(1000, the set's size) images of each set (torch-fidelity's recipe). Unbiased, so "
+                  "unlike the FD it has no floor from sample size: real against real scores about 0"
+                  + (f" (here {_fmt(floor_kid, 4)} ± {_fmt(classifier.get('floor_kid_std'), 4)}, std over the "
+                     f"subsets)" if floor_kid is not None else "")
+                  + ", and can be slightly negative. Records made before the KID show it as –."]
     if not quality:
-        lines += [f"- **No sample-quality score**: the digit classifier only scores the digits, and no "
+        lines += [f"- **No sample-quality score**: the classifiers score only the digits and fashion-mnist, and no "
                   f"`--inception` network was given for `{s.data}`."]
     if any(m.startswith("fid_") for m in quality):
         lines += [f"- **FID**: the same distance in the features of the TorchScript network `{s.inception}` "

@@ -20,7 +20,7 @@ from ..config import make_config
 from ..errors import UserError, require
 from .jsonfiles import read_json, read_jsonl, write_json
 from .records import code_version, provenance, run_name, write_record
-from .report import _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
+from .report import _digits, _fmt, headline, metric_label, plot_curves, plot_densities, write_csv, write_report
 from .scoring import bpd_kind, build_scorers, score_run
 from .settings import FINAL_SUFFIX, BenchSettings, method_fingerprint, noise_schedule
 from .stats import (half_budget_comparison, learned_vs_controls, metrics_in, paired_comparison, references, summarize,
@@ -90,9 +90,10 @@ def train_run(cfg, fingerprint: str | None = None) -> str:
 
 
 def run_records(cfg, method: str, schedule: str, seed: int, metrics: list[str] = ()) -> list[dict]:
-    """One record per evaluation of the run: the contract fields of results.json, each FD in `metrics`
-    (fd_ddim, fd_ddpm...: None where it was not computed), and at the last step the estimate on as many
-    training images (`train_bpd_estimate`) where it was computed."""
+    """One record per evaluation of the run: the contract fields of results.json, each FD and KID in `metrics`
+    (fd_ddim, fd_ddpm, kid_ddim...: None where it was not computed; a KID's standard deviation over its subsets
+    beside it as kid_ddim_std...), and at the last step the estimate on as many training images
+    (`train_bpd_estimate`) where it was computed."""
     folder = Path(cfg.out)
     cache = read_json(folder / "bench.json", {})
     evals = {r["step"]: r for r in read_jsonl(folder / "metrics.jsonl") if "test_bpd" in r}
@@ -106,6 +107,8 @@ def run_records(cfg, method: str, schedule: str, seed: int, metrics: list[str] =
                   "test_bpd_estimate": estimate}
         for metric in metrics:
             record[metric] = cache.get(metric, {}).get("values", {}).get(str(step))
+            if "std" in cache.get(metric, {}):
+                record[f"{metric}_std"] = cache[metric]["std"].get(str(step))
         if cache.get("final_train_estimate", {}).get("step") == step:  # the last checkpoint's, on training images
             record["train_bpd_estimate"] = cache["final_train_estimate"]["value"]
         records.append(record)
@@ -144,6 +147,7 @@ def fill_record(settings: BenchSettings, kept: dict, scorers, device, metrics: l
     for e in kept["evals"]:
         new = {m: ours[e["step"]][m] for m in metrics if e.get(m) is None and ours[e["step"]].get(m) is not None}
         added |= set(new)
+        new.update({f"{m}_std": ours[e["step"]][f"{m}_std"] for m in list(new) if f"{m}_std" in ours[e["step"]]})
         evals.append({**e, **new})
     if added:
         record = {k: v for k, v in kept.items() if k != "grid"}
@@ -197,6 +201,9 @@ def run_bench(settings: BenchSettings) -> dict:
             run_state(run_config(settings, *cell), method_fingerprint(cell[0], cell[1], settings.T))  # fail early
     scorers, classifier = build_scorers(settings, device, out)
     scores = [scorer.metric(sampler) for scorer in scorers for sampler in settings.samplers]  # fd_ddim, fd_ddpm...
+    # Their KIDs (kid_ddim...) are recorded beside them; a record made before the KID lacks them, which leaves it
+    # complete (`missing_scores` asks for the FDs alone): it shows the KID as missing.
+    recorded = scores + [scorer.kid_metric(sampler) for scorer in scorers for sampler in settings.samplers]
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "recorded": 0, "missing": 0, "filled": 0, "incomplete": 0}
     method_costs: dict[str, dict] = {m: {"trained": 0, "rate": [], "run_seconds": []} for m in settings.methods}
     score_seconds: dict[str, list[float]] = {m: [] for m in scores}
@@ -211,7 +218,7 @@ def run_bench(settings: BenchSettings) -> dict:
             counts["recorded"] += 1
             note = ""
             if missing_scores(settings, kept["evals"], scores) and not settings.report_only:
-                added = fill_record(settings, kept, scorers, device, scores)
+                added = fill_record(settings, kept, scorers, device, recorded)
                 if added:
                     counts["filled"] += 1
                     kept = read_cell_record(settings.records, name, settings, fingerprint)
@@ -247,7 +254,7 @@ def run_bench(settings: BenchSettings) -> dict:
             method_costs[method]["run_seconds"].append(cache["run_seconds"])
         for metric in scores:
             score_seconds[metric] += list(cache.get(metric, {}).get("seconds", {}).values())
-        run_records_ = run_records(cfg, method, schedule, seed, scores)
+        run_records_ = run_records(cfg, method, schedule, seed, recorded)
         records += run_records_
         if settings.records and final:
             write_record(settings.records, name, settings, {
@@ -259,7 +266,8 @@ def run_bench(settings: BenchSettings) -> dict:
                          "run_seconds": cache.get("run_seconds")}})
         last = run_records_[-1] if run_records_ else {}
         bar.write(f"{run_name(method, schedule, seed)}: {outcome}; final test bits/dim {_fmt(last.get('test_bpd'), 3)}"
-                  + "".join(f", {metric_label(m)} {_fmt(last[m], 1)}" for m in scores if last.get(m) is not None))
+                  + "".join(f", {metric_label(m)} {_fmt(last[m], _digits(m))}" for m in recorded
+                            if last.get(m) is not None))
     bar.close()
     recorded_rates: dict[str, list[float]] = {}
     if settings.records:  # the report covers every recorded run of this grid, not only this invocation's

@@ -1,6 +1,7 @@
 """Scoring a run's checkpoints: samples of each checkpoint's EMA model from a fixed starting noise, their
-Fréchet distance to the test split in the digit classifier's features (FD) or a TorchScript network's (FID),
-the stratified bits/dim estimate at a final step the trainer measured exactly, and that estimate on training
+Fréchet distance to the test split in a classifier's features (FD: the digits' or Fashion-MNIST's) or a
+TorchScript network's (FID), and beside each the kernel inception distance in the same features (KID), the
+stratified bits/dim estimate at a final step the trainer measured exactly, and that estimate on training
 images at the final step. The scores are kept in the run folder's bench.json, so a rerun computes only what it
 lacks."""
 from __future__ import annotations
@@ -20,20 +21,32 @@ from .settings import FD_SAMPLERS, BenchSettings
 SAMPLE_CHUNK = 512  # images per sampler call; fixed, so the starting noise of image i never depends on the count
 
 
+# A feature space's KID beside its FD: in the classifier's features "kid" (kid_ddim...), in a TorchScript
+# network's "kidfid" (kidfid_ddim...), so that every metric stays "<score>_<sampler>".
+KID_NAMES = {"fd": "kid", "fid": "kidfid"}
+
+
 class Scorer:
-    """A Fréchet distance against fixed reference images, in one feature space (`name`: "fd" for the digit
-    classifier's, "fid" for a TorchScript network's), for the images of any of the bench's samplers: its
-    metric for one sampler is "<name>_<sampler>" (fd_ddim, fd_ddpm, fd_euler, fd_heun), each with its own
-    cache key in bench.json (`key_for`)."""
+    """A Fréchet distance against fixed reference images, in one feature space (`name`: "fd" for a classifier's,
+    "fid" for a TorchScript network's), for the images of any of the bench's samplers: its metric for one
+    sampler is "<name>_<sampler>" (fd_ddim, fd_ddpm, fd_euler, fd_heun), each with its own cache key in
+    bench.json (`key_for`). Beside it, from the same images and features, the KID (`kid_metric`: kid_ddim...,
+    the mean over 100 subsets of min(1000, images) as torch-fidelity computes it, with its standard deviation
+    over the subsets kept as "<kid metric>_std")."""
 
     def __init__(self, name: str, features, reference: torch.Tensor, key: dict):
         from ..frechet import gaussian_stats
 
         self.name, self.features, self.key = name, features, key
-        self.reference_stats = gaussian_stats(features(reference))
+        self.kid_name = KID_NAMES[name]
+        self.reference_features = features(reference)
+        self.reference_stats = gaussian_stats(self.reference_features)
 
     def metric(self, sampler: str) -> str:
         return f"{self.name}_{sampler}"
+
+    def kid_metric(self, sampler: str) -> str:
+        return f"{self.kid_name}_{sampler}"
 
     def key_for(self, sampler: str) -> dict:
         """What a cached score of `sampler`'s images depends on. The first sampler of each objective (DDIM,
@@ -45,9 +58,18 @@ class Scorer:
         return {**self.key, "sampler": sampler}
 
     def __call__(self, images: torch.Tensor) -> float:
+        """The FD alone."""
         from ..frechet import frechet_distance, gaussian_stats
 
         return frechet_distance(*gaussian_stats(self.features(images)), *self.reference_stats)
+
+    def scores(self, images: torch.Tensor) -> tuple[float, float, float]:
+        """(FD, KID, KID's standard deviation over its subsets) of `images`, their features computed once."""
+        from ..frechet import frechet_distance, gaussian_stats, kernel_inception_distance
+
+        ours = self.features(images)
+        kid, kid_std = kernel_inception_distance(ours, self.reference_features)
+        return frechet_distance(*gaussian_stats(ours), *self.reference_stats), kid, kid_std
 
 
 def generate(checkpoint: Path, settings: BenchSettings, device, sampler: str = "ddim") -> torch.Tensor:
@@ -107,12 +129,17 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
         if scorer.name in cache:  # a folder scored before there were several samplers: its FD was `first`'s
             cache.setdefault(scorer.metric(first), cache.pop(scorer.name))
         for sampler in settings.samplers:
-            entry = cache.get(scorer.metric(sampler))
-            if not entry or entry.get("key") != scorer.key_for(sampler):
-                cache[scorer.metric(sampler)] = {"key": scorer.key_for(sampler), "values": {}, "seconds": {}}
+            for metric, extra in ((scorer.metric(sampler), "seconds"), (scorer.kid_metric(sampler), "std")):
+                entry = cache.get(metric)
+                if not entry or entry.get("key") != scorer.key_for(sampler):
+                    cache[metric] = {"key": scorer.key_for(sampler), "values": {}, extra: {}}
+
+    def lacks(scorer, sampler, step):  # a folder scored before the KID existed has FDs without it
+        return any(str(step) not in cache[m]["values"] for m in (scorer.metric(sampler), scorer.kid_metric(sampler)))
+
     for step in sorted(s for s in evals if s > 0):
         for sampler in settings.samplers:
-            todo = [s for s in scorers if str(step) not in cache[s.metric(sampler)]["values"]]
+            todo = [s for s in scorers if lacks(s, sampler, step)]
             if not todo or step not in checkpoints or not settings.fd_due(sampler, step):
                 continue  # done, not due, or its checkpoint was pruned before this metric was asked for
             start = time.perf_counter()
@@ -121,8 +148,11 @@ def score_run(cfg, settings: BenchSettings, scorers: list[Scorer], device) -> di
             save_grid(images[:64], folder / "samples" / f"{sampler}_step_{step:08d}.png")
             for scorer in todo:
                 start = time.perf_counter()
-                cache[scorer.metric(sampler)]["values"][str(step)] = scorer(images)
-                cache[scorer.metric(sampler)]["seconds"][str(step)] = sample_seconds + time.perf_counter() - start
+                fd, kid, kid_std = scorer.scores(images)
+                fd_entry, kid_entry = cache[scorer.metric(sampler)], cache[scorer.kid_metric(sampler)]
+                fd_entry["values"].setdefault(str(step), fd)  # an FD made before keeps its value (the same images)
+                fd_entry["seconds"].setdefault(str(step), sample_seconds + time.perf_counter() - start)
+                kid_entry["values"][str(step)], kid_entry["std"][str(step)] = kid, kid_std
             write_json(path, cache)
     final = evals.get(cfg.steps)
     due = {"final_estimate": "test"} if final is not None and bpd_kind(final) == "exact" else {}
@@ -153,36 +183,38 @@ def bpd_kind(metrics: dict) -> str:
 
 
 def build_scorers(settings: BenchSettings, device, out: Path) -> tuple[list[Scorer], dict]:
-    """The FD scorer (digit classifier, for the digits) and the FID scorer (--inception), with the
-    classifier's facts for the report: its accuracy, and the FD's floor from sample size, the FD between
-    as many real training images as are generated (`fd_samples`, at most the split) and the test split,
-    disjoint real sets in the same features: what a perfect model scores."""
-    from ..data import load_data
-    from ..frechet import (DigitFeatures, TorchScriptFeatures, frechet_distance_features,
-                          load_or_train_digit_classifier)
+    """The FD scorer (a classifier's features: the digit classifier for the digits, the Fashion-MNIST one for
+    fashion-mnist) and the FID scorer (--inception), each with its KID, with the classifier's facts for the
+    report: its accuracy, and the scores' floor from sample size, the FD and KID between as many real training
+    images as are generated (`fd_samples`, at most the split) and the test split, disjoint real sets in the same
+    features: what a perfect model scores."""
+    from ..data import FASHION_NAME, load_data
+    from ..frechet import (DigitFeatures, FashionFeatures, TorchScriptFeatures, load_or_train_digit_classifier,
+                          load_or_train_fashion_classifier, real_floor)
 
     data = load_data(settings.data)
     scorers, info = [], {}
     sampling = {"samples": settings.fd_samples, "ddim_steps": settings.ddim_steps, "sample_seed": settings.sample_seed,
                 "reference": "test", "data": settings.data}
-    if settings.data == "digits":
+    classifiers = {"digits": ("digit-classifier", load_or_train_digit_classifier, DigitFeatures),
+                   FASHION_NAME: ("fashion-classifier", load_or_train_fashion_classifier, FashionFeatures)}
+    if settings.data in classifiers:
+        label, load, make_features = classifiers[settings.data]
         start = time.perf_counter()
         cache = out / "classifier"
-        model, info = load_or_train_digit_classifier(cache)
-        info = {**info, "seconds": time.perf_counter() - start, "cache": str(cache),
+        model, info = load(cache)
+        info = {**info, "name": label, "seconds": time.perf_counter() - start, "cache": str(cache),
                 "reference_images": len(data.test)}
-        features = DigitFeatures(model, bins=data.bins, device=device)
-        scorers.append(Scorer("fd", features, data.test,
-                              {**sampling, "features": f"digit-classifier-v{info['version']}-s{info['seed']}"}))
-        g = torch.Generator().manual_seed(0)
-        floor_n = min(settings.fd_samples, len(data.train))
-        subset = data.train[torch.randperm(len(data.train), generator=g)[:floor_n]]
-        info["floor_images"], info["floor_fd"] = floor_n, frechet_distance_features(features(subset),
-                                                                                    features(data.test))
+        features = make_features(model, bins=data.bins, device=device)
+        scorer = Scorer("fd", features, data.test, {**sampling, "features": f"{label}-v{info['version']}-s{info['seed']}"})
+        scorers.append(scorer)
+        floor = real_floor(features, data.train, data.test, min(settings.fd_samples, len(data.train)), seed=0,
+                           reference_features=scorer.reference_features)
+        info.update(floor_images=floor["images"], floor_fd=floor["fd"], floor_kid=floor["kid"],
+                    floor_kid_std=floor["kid_std"])
     if settings.inception:
         net = TorchScriptFeatures(settings.inception, bins=data.bins, device=device)
         st = Path(settings.inception).stat()
         scorers.append(Scorer("fid", net, data.test, {**sampling, "features": str(Path(settings.inception).resolve()),
                                                       "size": st.st_size, "mtime": int(st.st_mtime)}))
     return scorers, info
-

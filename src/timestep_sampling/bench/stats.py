@@ -31,9 +31,11 @@ def _mean_std(values) -> tuple[float | None, float | None, int]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
 
 
-# The sample-quality scores: a Fréchet distance in the digit classifier's features (fd) or a TorchScript
-# network's (fid), of the images of one sampler each.
-QUALITY_METRICS = tuple(f"{name}_{sampler}" for name in ("fd", "fid") for sampler in ("ddim", "ddpm", "euler", "heun"))
+# The sample-quality scores: a Fréchet distance in a classifier's features (fd) or a TorchScript network's
+# (fid), and the kernel inception distance in the same features (kid, kidfid), of the images of one sampler
+# each. Records made before the KID hold none: the report shows what the records hold.
+QUALITY_METRICS = tuple(f"{name}_{sampler}" for name in ("fd", "kid", "fid", "kidfid")
+                        for sampler in ("ddim", "ddpm", "euler", "heun"))
 
 
 def metrics_in(records: list[dict]) -> list[str]:
