@@ -30,8 +30,10 @@ What it assumes, and where it breaks:
 - The model: an nn.Module (DDP included: its inner module is used, so the credit's passes make no
   all-reduce) is run in eval mode, by forward mode. A plain callable model(x_t, t) (a lambda around a
   diffusers UNet, or around DDP) is run as it is, in whatever mode its modules are in; its weights are the
-  optimiser's, and the exact credit is taken by two reverse passes (about twice the forward-mode cost),
-  which only take gradients and so fire no DDP hook either.
+  optimiser's. The exact credit goes by forward mode through the module found behind the callable (its
+  closure, a functools.partial, a bound method: owning_module), which swaps that module's weights for one
+  call; only where none holds the weights is it taken by two reverse passes (about twice the cost), which
+  only take gradients and so fire no DDP hook either.
 - The bound is estimated on the batch's own images unless held-out images are given (`probe_x0`). On
   images the model trains on, the credit also rewards memorising them: on one digits seed (linear, 3000
   steps) it ranked t in 3–20 last on the batch's images and first on test images, and 40 steps of extra
