@@ -96,7 +96,7 @@ ROWS = [  # (id, argv with {names} from files()/run, what the one line must say)
     ("config is a folder", T_ARGS + ["--config", "{empty}"], "is a folder"),
     ("unknown device", T_ARGS + ["--device", "gpu"], "unknown device 'gpu'"),
     ("unknown precision", T_ARGS + ["--precision", "fp8"], "unknown precision 'fp8'; valid choices: bf16, fp32"),
-    ("unknown built-in data", T_ARGS + ["--data", "photos"], "expected 'digits', 'photos32', a folder"),
+    ("unknown built-in data", T_ARGS + ["--data", "photos"], "expected 'digits', 'photos32', 'fashion-mnist', a folder"),
     ("output is a file", T_ARGS + ["--out", "{afile}"], "cannot write to output folder"),
     ("resume another run's folder without a checkpoint", T_ARGS + ["--out", "{other_run}", "--resume"],
      "(no checkpoint yet) is a run with T=60 but this run has T=50"),
