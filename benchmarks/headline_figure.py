@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # method -> (label, colour)
     "uniform": ("uniform (DDPM)", "0.35"),
-    "adaptive": ("adaptive (learned Beta, credit)", "C3"),
-    "adaptive-mix": ("adaptive-mix (the same, 30 % uniform floor)", "C0"),
+    "adaptive-k20": ("adaptive (learned Beta, credit; K = 20 update)", "C3"),
+    "adaptive-mix-k20": ("adaptive-mix (the same, 30 % uniform floor; K = 20)", "C0"),
     "lognormal-edm": ("lognormal-edm (fixed, small t: the control)", "C2"),
 }
 # Methods recorded in another grid folder. The records are used only where their grid settings equal

@@ -43,10 +43,13 @@ DDPM_METHODS = {
     "lognormal-edm": "EDM's log-normal σ, mapped to t",
     "speed": "SpeeD, current version",
     "loss-second-moment": "improved DDPM's importance sampling",
-    "adaptive": "the learned Beta, credit of the bound",
-    "adaptive-mix": "the same with a 30 % uniform floor",
-    "adaptive-min-snr": "the learned Beta with Min-SNR weighting, crediting that objective (the paper's Tab. 3)",
-    "adaptive-unbiased": "the learned Beta as an importance sampler (weights 1/(T·p_t)), 30 % floor",
+    # the learned samplers' rows were recorded with the K = 20 update (their names until 2026-12-07, without -k20)
+    "adaptive-k20": "the learned Beta, credit of the bound (`adaptive` with the K = 20 update)",
+    "adaptive-mix-k20": "the same with a 30 % uniform floor (`adaptive-mix`, K = 20)",
+    "adaptive-min-snr-k20": "the learned Beta with Min-SNR weighting, crediting that objective (the paper's Tab. 3; "
+                            "`adaptive-min-snr`, K = 20)",
+    "adaptive-unbiased-k20": "the learned Beta as an importance sampler (weights 1/(T·p_t)), 30 % floor "
+                             "(`adaptive-unbiased`, K = 20)",
     "adaptive-variance": "importance sampler whose reward is the loss estimate's variance, 5 % floor",
     "adaptive-frozen": "control: the learned sampler's starting Beta, never updated",
     "adaptive-paper": "control: the paper's estimator (eq. 14)",
@@ -57,9 +60,9 @@ FLOW_METHODS = {
     "flow-mode": "SD3's mode sampling (scale 1.29)",
     "flow-cosmap": "SD3's CosMap",
     "flow-min-snr": "Min-SNR-γ on the velocity loss",
-    "flow-adaptive": "the learned Beta over t in (0, 1)",
-    "flow-adaptive-mix": "the same with a 30 % uniform floor",
-    "flow-adaptive-min-snr": "the learned flow Beta with `flow-min-snr`, crediting that objective",
+    "flow-adaptive-k20": "the learned Beta over t in (0, 1) (`flow-adaptive` with the K = 20 update)",
+    "flow-adaptive-mix-k20": "the same with a 30 % uniform floor (`flow-adaptive-mix`, K = 20)",
+    "flow-adaptive-min-snr-k20": "the learned flow Beta with `flow-min-snr`, crediting that objective (K = 20)",
     "flow-adaptive-variance": "ablation: the flow importance sampler (loss-variance reward)",
     "flow-adaptive-frozen": "control: the same Beta, never updated",
 }

@@ -15,17 +15,31 @@ NEEDS_ADAPTIVE = {name for name, (sampler, _) in METHODS.items() if sampler.spli
 BANDS = {name for name, (sampler, _) in METHODS.items() if sampler.split(":")[0] == "adaptive-bands"}
 
 
+def test_the_k20_names_train_what_the_presets_trained_before_2026_12_07():
+    """The records renamed to -k20 keep their fingerprints: each -k20 name is its preset with the old update."""
+    from timestep_sampling import NoiseSchedule
+    schedule = NoiseSchedule("linear", T=1000)
+    for name in ("adaptive", "adaptive-mix", "adaptive-min-snr", "adaptive-unbiased", "flow-adaptive", "flow-adaptive-mix",
+                 "flow-adaptive-min-snr"):
+        old, new = make_method(name + "-k20", schedule)[0], make_method(name, schedule)[0]
+        assert (old.update_every, old.lr, old.direction.every) == (20, 0.03, 1)
+        assert (new.update_every, new.lr, new.direction.every) == (40, 0.06, 2)
+        assert repr(old) == repr(new).replace("lr=0.06, K=40", "lr=0.03, K=20").replace(", direction_every=2", "")
+
+
 def test_presets_are_the_documented_pairs():
     assert METHODS["speed"] == ("speed", "speed")
     assert METHODS["speed-2024"] == ("speed-2024", "speed-2024")
     assert METHODS["adaptive-min-snr"] == ("adaptive:credit_target=objective", "min-snr")
-    assert METHODS["adaptive-frozen"] == ("adaptive:lr=0", "none")
+    assert METHODS["adaptive-frozen"] == ("adaptive:lr=0,update_every=20", "none")  # K changes nothing it trains
     assert METHODS["adaptive-paper"] == ("adaptive:reward=paper,conditioned=True", "none")
     assert METHODS["adaptive-full-scan"] == ("adaptive:reward=paper,conditioned=True,scan=None", "none")
     assert METHODS["credit-proportional"] == ("credit-proportional", "none")
     assert NEEDS_ADAPTIVE == {"adaptive", "adaptive-min-snr", "adaptive-frozen", "adaptive-full-scan", "adaptive-paper",
                               "adaptive-conditioned", "adaptive-mix", "adaptive-fine", "adaptive-coarse", "adaptive-loss",
-                              "adaptive-mix-coarse", "adaptive-unbiased", "adaptive-variance", "adaptive-grad-variance"}
+                              "adaptive-mix-coarse", "adaptive-unbiased", "adaptive-variance", "adaptive-grad-variance",
+                              "adaptive-k20", "adaptive-mix-k20", "adaptive-min-snr-k20", "adaptive-unbiased-k20",
+                              "adaptive-k40-d2", "adaptive-k40-d4"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
                      "adaptive-bands-mild", "adaptive-bands-fast",
                      "adaptive-bands-fine", "adaptive-bands-coarse"}

@@ -39,7 +39,8 @@ PRESETS: dict[str, tuple[str, str]] = {
     # an importance sampler whose Beta learns to lower the variance of the loss estimate (fixed point p_t ∝
     # RMS of the loss at t, loss-second-moment's rule, as a smooth Beta), with a 5 % floor (weights at most 20)
     "adaptive-variance": ("adaptive:reward=variance,unbiased=True,uniform_mix=0.05", "none"),
-    "adaptive-frozen": ("adaptive:lr=0", "none"),          # the same Beta, never updated: the control
+    # the same Beta, never updated: the control (K = 20 as when its records began; K changes nothing it trains)
+    "adaptive-frozen": ("adaptive:lr=0,update_every=20", "none"),
     # The paper's estimator as published (eq. 14, a policy conditioned on x0), kept as the faithful control.
     "adaptive-paper": ("adaptive:reward=paper,conditioned=True", "none"),
     # rectified flow: continuous t in (0, 1), weights on the velocity MSE
@@ -53,7 +54,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "flow-adaptive": ("flow-adaptive", "flow-none"),
     "flow-adaptive-mix": ("flow-adaptive:uniform_mix=0.3", "flow-none"),
     "flow-adaptive-min-snr": ("flow-adaptive:credit_target=objective", "flow-min-snr"),
-    "flow-adaptive-frozen": ("flow-adaptive:lr=0", "flow-none"),
+    "flow-adaptive-frozen": ("flow-adaptive:lr=0,update_every=20", "flow-none"),
 }
 
 # Ablations and superseded variants: reachable by name, so every record made with them still reports, but
@@ -64,15 +65,15 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     # random stream; the control for the unmoving Beta samplers' ancestral-FD offset (docs/benchmark.md#quad)
     "beta-1.0": ("beta:a=1,b=1", "none"),
     # the credit of the simple loss under uniform t instead of the bound (superseded by credit_target=objective)
-    "adaptive-loss": ("adaptive:credit_target=loss", "none"),
-    "adaptive-conditioned": ("adaptive:conditioned=True", "none"),  # one Beta per image, from a CNN on x0
+    "adaptive-loss": ("adaptive:credit_target=loss,update_every=20,lr=0.03,direction_every=1", "none"),
+    "adaptive-conditioned": ("adaptive:conditioned=True,update_every=20,lr=0.03,direction_every=1", "none"),  # one Beta per image, from a CNN on x0
     "credit-proportional": ("credit-proportional", "none"),  # the same credit without a policy gradient
     # the credit's central difference at δ = 1e-4 (close to exact, half the cost on the digits) and at
     # δ = 1e-3 (the default before the exact credit: a third off at initialisation, docs/changelog.md)
-    "adaptive-fine": ("adaptive:credit_delta=1e-4", "none"),
+    "adaptive-fine": ("adaptive:credit_delta=1e-4,update_every=20,lr=0.03,direction_every=1", "none"),
     "credit-proportional-fine": ("credit-proportional:credit_delta=1e-4", "none"),
-    "adaptive-coarse": ("adaptive:credit_delta=1e-3", "none"),
-    "adaptive-mix-coarse": ("adaptive:uniform_mix=0.3,credit_delta=1e-3", "none"),
+    "adaptive-coarse": ("adaptive:credit_delta=1e-3,update_every=20,lr=0.03,direction_every=1", "none"),
+    "adaptive-mix-coarse": ("adaptive:uniform_mix=0.3,credit_delta=1e-3,update_every=20,lr=0.03,direction_every=1", "none"),
     "credit-proportional-coarse": ("credit-proportional:credit_delta=1e-3", "none"),
     # the same credit and policy gradient on a softmax over log-spaced bands of t (samplers/band_policy.py);
     # its frozen copy is the uniform sampler itself
@@ -89,15 +90,25 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     # a short memory and fast steps (critic decay 0.9, lr 0.5), as credit-proportional's: does committing early matter?
     "adaptive-bands-fast": ("adaptive-bands:decay=0.9,lr=0.5,credit_delta=1e-3", "none"),
     "adaptive-full-scan": ("adaptive:reward=paper,conditioned=True,scan=None", "none"),  # adaptive-paper + a scan of all T
-    # a cheaper update (issue 42): one update every 40 steps at twice the policy's learning rate, the bound
-    # probe's gradient reused for 2 or 4 updates (direction_every); measured on credit3k against `adaptive`
+    # The learned samplers' update before 2026-12-07 (K = 20, Adam 3e-2, a fresh bound probe every update): every
+    # record made with the presets below until then was renamed to these names (docs/changelog.md), and the
+    # ablations above that were measured with it are pinned to it.
+    "adaptive-k20": ("adaptive:update_every=20,lr=0.03,direction_every=1", "none"),
+    "adaptive-mix-k20": ("adaptive:uniform_mix=0.3,update_every=20,lr=0.03,direction_every=1", "none"),
+    "adaptive-min-snr-k20": ("adaptive:credit_target=objective,update_every=20,lr=0.03,direction_every=1", "min-snr"),
+    "adaptive-unbiased-k20": ("adaptive:unbiased=True,uniform_mix=0.3,credit_target=objective,update_every=20,lr=0.03,direction_every=1", "none"),
+    "flow-adaptive-k20": ("flow-adaptive:update_every=20,lr=0.03,direction_every=1", "flow-none"),
+    "flow-adaptive-mix-k20": ("flow-adaptive:uniform_mix=0.3,update_every=20,lr=0.03,direction_every=1", "flow-none"),
+    "flow-adaptive-min-snr-k20": ("flow-adaptive:credit_target=objective,update_every=20,lr=0.03,direction_every=1", "flow-min-snr"),
+    # the update that replaced it (issue 42): one update every 40 steps at twice the policy's learning rate, the
+    # bound probe's gradient reused for 2 or 4 updates (direction_every); measured on credit3k against adaptive-k20
     "adaptive-k40-d2": ("adaptive:update_every=40,lr=0.06,direction_every=2", "none"),
     "adaptive-k40-d4": ("adaptive:update_every=40,lr=0.06,direction_every=4", "none"),
     "flow-adaptive-k40-d2": ("flow-adaptive:update_every=40,lr=0.06,direction_every=2", "flow-none"),
     "flow-elbo": ("flow-uniform", "flow-elbo"),
     "flow-sigma-sqrt": ("flow-uniform", "flow-sigma-sqrt"),
     "flow-beta-0.95": ("flow-beta:a=0.95,b=0.95", "flow-none"),
-    "flow-adaptive-coarse": ("flow-adaptive:credit_delta=1e-3", "flow-none"),  # as adaptive-coarse
+    "flow-adaptive-coarse": ("flow-adaptive:credit_delta=1e-3,update_every=20,lr=0.03,direction_every=1", "flow-none"),  # as adaptive-coarse
     # the importance sampler that learns to lower the variance of the velocity loss, as adaptive-variance (not
     # offered until measured on a flow grid)
     "flow-adaptive-variance": ("flow-adaptive:reward=variance,unbiased=True,uniform_mix=0.05", "flow-none"),

@@ -19,6 +19,11 @@ from torch import nn
 from .. import distributed
 from .base import with_uniform_floor
 
+# The learned Beta samplers' defaults (adaptive.py says why): the credit updates every K = 40 steps at Adam 6e-2
+# with the bound probe's gradient kept for 2 updates; the variance rewards every 20 at 3e-2.
+CREDIT_K, CREDIT_LR, CREDIT_DIRECTION_EVERY = 40, 6e-2, 2
+VARIANCE_K, VARIANCE_LR = 20, 3e-2
+
 
 def beta_icdf(alpha, beta, v: torch.Tensor) -> torch.Tensor:
     """u = F⁻¹_{Beta(α, β)}(v) in float64 on the CPU: inverse-CDF sampling, exact and driven by a uniform
