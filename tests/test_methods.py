@@ -39,7 +39,7 @@ def test_presets_are_the_documented_pairs():
                               "adaptive-conditioned", "adaptive-mix", "adaptive-fine", "adaptive-coarse", "adaptive-loss",
                               "adaptive-mix-coarse", "adaptive-unbiased", "adaptive-variance", "adaptive-grad-variance",
                               "adaptive-k20", "adaptive-mix-k20", "adaptive-min-snr-k20", "adaptive-unbiased-k20",
-                              "adaptive-k40-d4"}
+                              "adaptive-k40-d4", "adaptive-k80"}
     assert BANDS == {"adaptive-bands", "adaptive-bands-reinforce", "adaptive-bands-unprobed", "adaptive-bands-heldout",
                      "adaptive-bands-mild", "adaptive-bands-fast",
                      "adaptive-bands-fine", "adaptive-bands-coarse"}
