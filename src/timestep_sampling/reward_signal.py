@@ -60,7 +60,7 @@ def t_dependence(t, reward, update, groups: int = 10) -> dict:
 
 def _rewarders(schedule, bins: int, variance: str, seed: int, kept: int = 0) -> dict[str, AdaptiveSampler]:
     """One frozen, unconditioned sampler per estimator, all with the same seed: they draw the same t."""
-    options = {"paper": {"reward": "paper"}, "credit": {"reward": "credit"},
+    options = {"paper": {"reward": "paper"}, "credit": {"reward": "credit", "direction_every": 1},  # a fresh probe
                "kept": {"reward": "credit", "direction_every": kept}}
     return {name: AdaptiveSampler(schedule, conditioned=False, lr=0.0, update_every=1, bins=bins, variance=variance,
                                   seed=seed, **options[name]) for name in ESTIMATORS if name != "kept" or kept}

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import distributed
 from ..bound import stratified_timesteps
 from ..diffusion import VARIANCES, mse_per_sample, predict_eps, q_sample, vlb_terms_from_eps
 from ..errors import UserError, require
@@ -352,7 +353,9 @@ class StaleGradient:
         if self.every == 1:
             return _probe_gradient(probe, params)
         if self.grads is None or self.age >= self.every or len(self.grads) != len(params):
-            self.grads, self.age = _probe_gradient(probe, params), 0
+            # Averaged over ranks: the kept gradient is sampler state, which every rank must hold alike (a
+            # checkpoint is rank 0's), and the mean of the ranks' probes is the better estimate anyway.
+            self.grads, self.age = [distributed.all_reduce_mean_(g) for g in _probe_gradient(probe, params)], 0
         self.age += 1
         return [g.to(p) for g, p in zip(self.grads, params)]
 
