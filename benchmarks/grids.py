@@ -20,6 +20,11 @@ GRIDS = {
     "stream3k": dict(steps=3000, eval_every=500, fd_samplers="ddim,ddpm", fd_ddpm_every=1500),
     # issue 24's flow grid: Euler and Heun FD at every checkpoint, the exact ODE bits/dim at the end
     "flow3k": dict(objective="flow", steps=3000, eval_every=500, fd_samplers="euler,heun"),
+    # issue 41: Fashion-MNIST at its own 28x28 within about an hour of one core a cell, evaluations included
+    # (the costs and the choice: docs/benchmark.md "Fashion-MNIST"); bits/dim on the first `eval_images` test
+    # images, FD and KID against all 10,000; the ancestral FD at 1/3, 1/2 and the end
+    "fashion": dict(data="fashion-mnist", model="tiny", batch_size=128, steps=2400, eval_every=400, eval_images=32,
+                    fd_samples=200, fd_samplers="ddim,ddpm", fd_ddpm_at="800,1200"),
 }
 
 

@@ -18,7 +18,7 @@ def _train(args) -> None:
     overrides = {k: getattr(args, k) for k in ("data", "out", "steps", "schedule", "seed", "method", "sampler",
                  "weighting", "eval_every", "batch_size", "lr", "model", "device", "T", "checkpoint_every",
                  "num_samples", "warmup", "ema_decay", "ema_warmup", "precision", "channels_last", "compile",
-                 "objective")}
+                 "objective", "eval_images")}
     cfg = make_config(args.config, **overrides)
     _refuse_to_overwrite(cfg.out, args.resume or args.overwrite)
     train(cfg, resume=args.resume, progress=not args.no_progress)
@@ -217,7 +217,9 @@ def _bench(args) -> None:
                              seeds=args.seeds, only_seeds=_seed_list(args.only_seeds), steps=args.steps, eval_every=args.eval_every, data=args.data,
                              model=args.model, batch_size=args.batch_size, T=args.T, device=args.device,
                              fd_samples=args.fd_samples, ddim_steps=args.ddim_steps, inception=args.inception,
+                             eval_images=args.eval_images,
                              fd_samplers=args.fd_samplers, fd_ddpm_every=args.fd_ddpm_every,
+                             fd_ddpm_at=args.fd_ddpm_at,
                              records=args.records, report_only=args.report_only or None, objective=args.objective,
                              step_cost=args.step_cost,
                              keep_checkpoints=args.keep_checkpoints or None, progress=not args.no_progress)
@@ -256,6 +258,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--T", type=int, help="diffusion timesteps (default 1000)")
     p.add_argument("--device", help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--fd-samples", type=int, help="generated images per FD (default 1000; --quick 256)")
+    p.add_argument("--eval-images", type=int, help="bits/dim on the first N test images (default: the whole test "
+                                                   "split); the FD's reference stays the whole split")
     p.add_argument("--ddim-steps", type=int, help="DDIM steps for those images (default 50; --quick 20); Euler's "
                                                   "and Heun's for a flow")
     p.add_argument("--fd-samplers", help="the samplers whose images the FD scores, one FD each (fd_ddim, fd_ddpm...): "
@@ -264,6 +268,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--fd-ddpm-every", type=int,
                    help="the ancestral FD at checkpoints whose step is a multiple of N, and the last (default: about "
                         "three checkpoints, N = steps/3 rounded to a multiple of --eval-every); DDIM's at every one")
+    p.add_argument("--fd-ddpm-at", metavar="STEPS",
+                   help="the ancestral FD at exactly these checkpoints, e.g. 1000,1500, and the last (instead of "
+                        "--fd-ddpm-every)")
     p.add_argument("--inception", help="a TorchScript feature network on disk (e.g. inception-2015-12-05.pt) "
                                        "for FID; never downloaded")
     p.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
@@ -304,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", help="ddpm (default) or flow (rectified flow: use a flow-... method), "
                                        "e.g. 'flow:sample_steps=20'")
     p.add_argument("--eval-every", type=int, help="estimate test bits/dim every N steps (0: only at the end)")
+    p.add_argument("--eval-images", type=int, help="score every bits/dim on the first N test images (default: the "
+                                                   "whole test split)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default: a tenth of --steps, at "
                                                         "most 500, at least 1; 0: only at the end)")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
@@ -335,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true",
                    help="DDPM: the stratified estimate instead of the exact sum over T; flow: the trainer's "
                         "in-training estimate (its eval_images test images, eval_steps ODE steps)")
-    p.add_argument("--images", type=int, help="score only the first N test images (default all; flow with "
-                                              "--estimate: the run's eval_images, 64)")
+    p.add_argument("--images", type=int, help="score only the first N test images (default: the run's own, its "
+                                              "eval_images or all; flow with --estimate: its objective's "
+                                              "eval_images, 64)")
     p.add_argument("--seed", type=int, default=0, help="seeds the bound's noise, or the flow's dequantisation "
                                                        "noise and trace probes (default 0, as the trainer)")
     p.add_argument("--trace", help="flow: hutchinson (default, as the trainer), exact (the Jacobian's diagonal by "

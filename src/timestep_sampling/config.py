@@ -61,6 +61,9 @@ class TrainConfig:
     eval_exact_below: int = 20  # the estimate during training: every t below this exactly, then one t from
     eval_strata: int = 80       # each of this many log-spaced strata above (bound.estimate_bpd)
     final_exact: bool = True
+    # the test images every bits/dim of the run is scored on: the first this many of the test split (None: all
+    # of it). A whole split can cost more than the training (Fashion-MNIST's 10,000 images: docs/benchmark.md)
+    eval_images: int | None = None
     num_samples: int = 64
     sample_every: int = 0
     checkpoint_every: int | None = None  # None: follow the run's length (checkpoint_interval); 0: only at the end
@@ -79,6 +82,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):  # NaN passes a plain `< 0`
                 raise UserError(f"{name} must be a finite number >= 0, got {value}")
+        if self.eval_images is not None and (isinstance(self.eval_images, bool) or not isinstance(self.eval_images, int)
+                                             or self.eval_images < 1):
+            raise UserError(f"eval_images must be an integer >= 1 (the first N test images) or unset (all of them), "
+                            f"got {self.eval_images!r}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.dropout < 1:

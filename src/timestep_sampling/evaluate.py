@@ -116,7 +116,8 @@ def evaluate(path, *, exact: bool = True, data: str | None = None, device="cpu",
     Rectified flow: the probability-flow ODE's likelihood as the trainer computes it, so that the defaults
     reproduce the numbers in the run's metrics.jsonl (on one process): Hutchinson's trace with the run's
     `probes` (2), RK4, on the whole test split with `final_steps` (32) steps, or with exact=False on the
-    first `eval_images` (64) test images with `eval_steps` (8) steps. `images` (the first N test images),
+    first `eval_images` (64) test images with `eval_steps` (8) steps; a run trained with the config's `eval_images`
+    is scored on its first that many test images, as the trainer scored it. `images` (the first N test images),
     `trace` (hutchinson, exact, auto), `probes`, `ode_steps` and `ode_solver` (rk4, heun) override them.
     `seed` fixes the bound's noise, or the flow's dequantisation noise and probes."""
     for name, value in (("--images", images), ("--probes", probes), ("--ode-steps", ode_steps)):
@@ -131,7 +132,7 @@ def evaluate(path, *, exact: bool = True, data: str | None = None, device="cpu",
     if list(dataset.shape) != list(meta["data_shape"]):
         raise UserError(f"the checkpoint expects images of shape {meta['data_shape']}, the data has {list(dataset.shape)}")
     objective = make_objective(cfg, schedule, dataset.bins)
-    test = dataset.test
+    test = dataset.test if images is not None or cfg.eval_images is None else dataset.test[:cfg.eval_images]
     common = dict(checkpoint=checkpoint, step=int(meta.get("step", -1)), objective=cfg.objective, method=cfg.method,
                   data=data or cfg.data, test_images=len(test), seed=seed)
     if not objective.continuous:

@@ -121,6 +121,16 @@ def make_ema(net: torch.nn.Module, decay: float, warmup: bool) -> AveragedModel:
     return AveragedModel(net, multi_avg_fn=ema_avg_fn(decay, warmup), use_buffers=True)
 
 
+def eval_split(cfg: TrainConfig, data: ImageDataset) -> torch.Tensor:
+    """The test images the run's bits/dim are scored on: the first `cfg.eval_images` of the test split (the same
+    images at every checkpoint, in every run and on any number of processes), or all of it."""
+    if cfg.eval_images is None:
+        return data.test
+    require(cfg.eval_images <= len(data.test), f"eval_images {cfg.eval_images} exceeds the test split of "
+                                               f"{data.name!r} ({len(data.test)} images); use at most {len(data.test)}")
+    return data.test[:cfg.eval_images]
+
+
 def build_model(cfg: TrainConfig, data: ImageDataset) -> torch.nn.Module:
     return make_unet(data.image_size, data.channels, preset=cfg.model, dropout=cfg.dropout)
 
@@ -137,6 +147,7 @@ def preflight(cfg: TrainConfig) -> ImageDataset:
     schedule = build_schedule(cfg)
     build_pair(cfg, schedule)  # built again by the trainer, after its seeding; here only checked
     data = load_data(cfg.data)
+    eval_split(cfg, data)
     require(cfg.batch_size <= len(data.train),
             f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train)} images): every batch "
             f"would hold each image more than once; use at most {len(data.train)}")
@@ -178,7 +189,7 @@ class Trainer:
 
         self.data = load_data(cfg.data) if data is None else data
         self.train_x = self.data.train.to(self.device)
-        self.test_x = self.data.test[self.rank::self.world].to(self.device)  # evaluation split across ranks
+        self.test_x = eval_split(cfg, self.data)[self.rank::self.world].to(self.device)  # split across ranks
         self.schedule = build_schedule(cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.net = build_model(cfg, self.data).to(self.device)

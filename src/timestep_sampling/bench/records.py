@@ -32,9 +32,11 @@ from .settings import FD_SAMPLERS, FLOW_TIME
 
 # The settings that make two runs comparable; the rest (device, output folder, progress) do not matter.
 GRID_KEYS = ("data", "model", "batch_size", "T", "steps", "eval_every", "warmup", "ema_decay", "final_exact",
-             "eval_exact_below", "eval_strata", "fd_samples", "ddim_steps", "sample_seed", "extra", "objective")
-# What a key added later meant for a record written before it: every run then was DDPM.
-LEGACY_GRID = {"objective": "ddpm"}
+             "eval_exact_below", "eval_strata", "fd_samples", "ddim_steps", "sample_seed", "extra", "objective",
+             "eval_images")
+# What a key added later meant for a record written before it: every run then was DDPM, and scored its bits/dim
+# on the whole test split (eval_images None).
+LEGACY_GRID = {"objective": "ddpm", "eval_images": None}
 
 
 def grid_key(settings) -> dict:

@@ -399,7 +399,8 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
                     + ("; at the last step on the whole test split with more steps, marked (exact): the ODE's "
                        "likelihood, exact up to the trace estimator." if s.final_exact else "."))
     else:
-        bpd_line = ("- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the test split "
+        split = "test split" if s.eval_images is None else f"first {s.eval_images} test images"
+        bpd_line = (f"- **Test bits/dim**: the trainer's stratified estimate of the variational bound on the {split} "
                     f"(every t < {s.eval_exact_below} exactly, one t from each of {s.eval_strata} log-spaced strata "
                     "above; the same timesteps and noise for every model) at every checkpoint"
                     + ("; at the last step the exact bound summed over all T terms, marked (exact)." if s.final_exact
@@ -486,8 +487,9 @@ def write_report(settings: BenchSettings, records, summary, ttq, paired, costs, 
     gaps = train_test_gaps(records)
     if gaps:
         lines += ["### The bound on training images at the last checkpoint", "",
-                  "The same estimate (same timesteps, noise and number of images) on training images: the whole "
-                  "test split against as many training images for a DDPM, the first `eval_images` of each for a "
+                  "The same estimate (same timesteps, noise and number of images) on training images: "
+                  + ("the whole test split" if s.eval_images is None else f"the first {s.eval_images} test images")
+                  + " against as many training images for a DDPM, the first `eval_images` of each for a "
                   "flow (64 by default). The model has seen those images: a test bound well above theirs is a "
                   "model fitting its training set, and a rising test bound with a wide gap is overfitting rather "
                   "than a worse sampler. Two sets of images differ by themselves too, the more so the fewer they "

@@ -37,7 +37,7 @@ def run_config(settings: BenchSettings, method: str, schedule: str, seed: int):
                      eval_every=settings.eval_every, checkpoint_every=settings.eval_every,
                      keep_checkpoints=checkpoints + 1, final_exact=settings.final_exact, num_samples=0,
                      eval_exact_below=settings.eval_exact_below, eval_strata=settings.eval_strata,
-                     model=settings.model, batch_size=settings.batch_size, device=settings.device,
+                     eval_images=settings.eval_images, model=settings.model, batch_size=settings.batch_size, device=settings.device,
                      warmup=settings.warmup, ema_decay=settings.ema_decay,
                      log_every=min(50, settings.eval_every))
     overrides.update(settings.extra)

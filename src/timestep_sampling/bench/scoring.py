@@ -106,10 +106,12 @@ def estimate_checkpoint(checkpoint: Path, cfg, device, split: str = "test") -> f
     bound that ends further and further above the training images' is the model fitting its training set."""
     from ..data import load_data
     from ..evaluate import load_model
+    from ..train import eval_split
 
     model, schedule, _, _ = load_model(checkpoint, device)
     data = load_data(cfg.data)
-    images = {"test": data.test, "train": data.train[:len(data.test)]}[split]
+    test = eval_split(cfg, data)  # the trainer's test images: the first cfg.eval_images, or all
+    images = {"test": test, "train": data.train[:len(test)]}[split]
     return make_objective(cfg, schedule, data.bins).bpd(model, images.to(device), exact=False)
 
 

@@ -56,7 +56,8 @@ class BenchSettings:
     sampler: fd_ddim, fd_ddpm, fd_euler, fd_heun, and fid_... with --inception). DDIM, Euler and Heun are
     scored at every checkpoint; DDPM's ancestral sampling (T model calls an image) at the steps `fd_steps`
     gives: every `fd_ddpm_every` steps and the last, by default about three checkpoints (`fd_ddpm_every` =
-    steps / 3 rounded to a multiple of eval_every)."""
+    steps / 3 rounded to a multiple of eval_every), or the checkpoints `fd_ddpm_at` names and the last (⅓ and ½
+    of a run with one ancestral FD each, where every multiple of steps / 6 would cost six)."""
 
     out: str
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -75,6 +76,7 @@ class BenchSettings:
     final_exact: bool = True
     eval_exact_below: int = 20  # the stratified estimate: every t below this exactly,
     eval_strata: int = 80       # then one t from each of this many log-spaced strata
+    eval_images: int | None = None  # bits/dim on the first N test images (None: all); FD/KID keep all of them
     fd_samples: int = 1000
     ddim_steps: int = 50
     sample_seed: int = 0
@@ -87,6 +89,7 @@ class BenchSettings:
     objective: str = "ddpm"     # or "flow": rectified flow with flow-... methods, filed under the schedule "flow"
     fd_samplers: tuple[str, ...] | None = None  # None: the objective's own (FD_SAMPLERS)
     fd_ddpm_every: int | None = None            # None: about three checkpoints (fd_steps)
+    fd_ddpm_at: tuple[int, ...] | None = None   # or exactly these checkpoint steps (and the last)
     step_cost: str | None = None  # a step-cost file (benchmarks/step_cost.py): the speed-up in compute
     extra: dict = field(default_factory=dict)  # other TrainConfig overrides, e.g. {"lr": 2e-4}
 
@@ -111,6 +114,8 @@ class BenchSettings:
         """Whether `sampler`'s FD is computed at the checkpoint of `step` (> 0) of a run of these settings."""
         if sampler != "ddpm":
             return step > 0
+        if self.fd_ddpm_at is not None:
+            return step > 0 and (step in self.fd_ddpm_at or step == self.steps)
         every = self.fd_ddpm_every or max(1, round(self.steps / 3 / self.eval_every)) * self.eval_every
         return step > 0 and (step % every == 0 or step == self.steps)
 
@@ -128,6 +133,15 @@ def _split_names(value) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))  # drop repeats, keep order
 
 
+def _step_list(value) -> tuple[int, ...]:
+    """--fd-ddpm-at's steps from "1000,1500" or a sequence, sorted, repeats dropped."""
+    names = _split_names(str(value)) if isinstance(value, (str, int)) else _split_names([str(v) for v in value])
+    try:
+        return tuple(sorted({int(v) for v in names}))
+    except ValueError:
+        raise UserError(f"--fd-ddpm-at takes comma-separated checkpoint steps, e.g. 1000,1500; got {value!r}") from None
+
+
 def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None, seeds: int | None = None,
                   steps: int | None = None, eval_every: int | None = None, **options) -> BenchSettings:
     """Settings from the preset (full or --quick), then the caller's choices; every name is checked."""
@@ -137,6 +151,8 @@ def make_settings(out: str, *, quick: bool = False, methods=None, schedules=None
         base.update(methods=FLOW_QUICK_METHODS if quick else FLOW_METHODS, schedules=(FLOW_TIME,))
     if "fd_samplers" in options:
         options["fd_samplers"] = _split_names(options["fd_samplers"])
+    if options.get("fd_ddpm_at") is not None:
+        options["fd_ddpm_at"] = _step_list(options["fd_ddpm_at"])
     if objective_name(str(options.get("objective") or "")) == "flow":
         base.pop("fd_samplers")  # the flow's own (FD_SAMPLERS)
     chosen = dict(methods=_split_names(methods), schedules=_split_names(schedules), seeds=seeds, steps=steps,
@@ -176,6 +192,9 @@ def validate(settings: BenchSettings) -> None:
     for name in ("seeds", "steps", "eval_every", "fd_samples", "ddim_steps", "batch_size", "T", "eval_strata"):
         require(getattr(settings, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
     require(settings.fd_samples >= 2, f"--fd-samples must be >= 2, got {settings.fd_samples}")
+    require(settings.eval_images is None or (isinstance(settings.eval_images, int)
+                                             and not isinstance(settings.eval_images, bool) and settings.eval_images >= 1),
+            f"--eval-images must be an integer >= 1 (the first N test images), got {settings.eval_images!r}")
     require(settings.eval_every <= settings.steps,
             f"--eval-every ({settings.eval_every}) must not exceed --steps ({settings.steps})")
     kind = "flow" if flow else "ddpm"
@@ -189,6 +208,16 @@ def validate(settings: BenchSettings) -> None:
                 f"--fd-ddpm-every must be an integer >= 1, got {settings.fd_ddpm_every!r}")
         require("ddpm" in settings.samplers, "--fd-ddpm-every sets when the ancestral FD is computed: add ddpm to "
                                              "--fd-samplers (a DDPM grid's)")
+    if settings.fd_ddpm_at is not None:
+        require(settings.fd_ddpm_every is None, "give --fd-ddpm-every or --fd-ddpm-at, not both")
+        require("ddpm" in settings.samplers, "--fd-ddpm-at sets when the ancestral FD is computed: add ddpm to "
+                                             "--fd-samplers (a DDPM grid's)")
+        checkpoints = {*range(settings.eval_every, settings.steps + 1, settings.eval_every), settings.steps}
+        wrong = [s for s in settings.fd_ddpm_at if s not in checkpoints]
+        require(len(settings.fd_ddpm_at) > 0, "--fd-ddpm-at is empty; give checkpoint steps, e.g. 1000,1500")
+        require(not wrong, f"--fd-ddpm-at takes checkpoint steps (multiples of --eval-every {settings.eval_every} up "
+                           f"to --steps {settings.steps}); {', '.join(map(str, wrong))} "
+                           f"{'is' if len(wrong) == 1 else 'are'} not one")
     require(not settings.report_only or settings.records,
             "--report-only reports what a --records folder holds: add --records FOLDER")
     if settings.step_cost is not None:
