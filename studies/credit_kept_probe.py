@@ -8,7 +8,7 @@ explains (reward_signal.t_dependence).
     python studies/credit_kept_probe.py --run runs/cells/credit3k/adaptive__linear__s0/runs/adaptive__linear__s0
 
 2026-12-07, seed 0 of the K = 40 update's credit3k runs at step 3000, 40 steps: own 4.79 %, other images
-4.13 %, kept 0.26 % (docs/learned-sampler.md#the-cheaper-update-2026-12-07).
+4.13 %, kept 0.26 % (docs/learned-sampler.md#the-cheaper-update).
 """
 import argparse
 import copy
