@@ -37,15 +37,16 @@ def all_checkpoints_load(root):
 
 def test_sigkill_at_random_points_never_leaves_a_broken_checkpoint_and_resume_is_exact(tmp_path):
     STEPS = 20
-    reference = tmp_path / "reference"
-    train(tiny_config(reference, steps=STEPS, keep_checkpoints=STEPS), progress=False)
-
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY, "steps": STEPS, "keep_checkpoints": STEPS}))
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "timestep_sampling", "train", "--config", str(config), "--out", str(out),
                "--no-progress"]
     env = dict(os.environ)
+    # The reference runs in a fresh process as the killed runs do. Trained inside the test process it matched
+    # them alone, but not after the rest of the default suite (2026-12-07: step 1 differed; not yet explained).
+    reference = tmp_path / "reference"
+    subprocess.run([*command[:-3], "--out", str(reference), "--no-progress"], env=env, check=True, timeout=300)
     rng = random.Random(int(os.environ.get("KILL_SEED", 0)))
     kills = 0
     for attempt in range(4):  # three kills at random points, then a run to the end
