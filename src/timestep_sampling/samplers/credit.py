@@ -402,7 +402,7 @@ def owning_module(fn, params, depth: int = 3) -> nn.Module | None:
     wanted = {id(p) for p in params}
     seen, level = set(), [fn]
     for _ in range(depth):
-        found, nxt = None, []
+        nxt = []
         for obj in level:
             if id(obj) in seen:
                 continue
